@@ -1,0 +1,152 @@
+//! Connections to PostgreSQL and Redis, and the names of Weir's Redis keys.
+//!
+//! Both stores may be down when a process starts or at any time after: the
+//! handles here connect lazily and time out every operation, so that a caller
+//! sees an error it can answer (503, pause and retry) instead of a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connection URL (`postgres://user:pass@host:port/db`).
+    pub url: String,
+    /// Pool size per process.
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting the database down.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://weir:weir@127.0.0.1:15432/weir".into(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// A pool that connects lazily: creating it never fails because the
+    /// database is down, only because the URL is wrong.
+    pub fn pool(&self) -> Result<PgPool, sqlx::Error> {
+        let opts: PgConnectOptions = self.url.parse()?;
+        Ok(PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout)
+            .connect_lazy_with(opts.application_name("weir")))
+    }
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Connection URL (`redis://host:port/db`).
+    pub url: String,
+    /// Prefix of every key and channel Weir uses, so that several
+    /// deployments (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// Timeout of one command or connection attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:16379/".into(),
+            key_prefix: "weir".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The key names under this config's prefix.
+    pub fn keys(&self) -> RedisKeys {
+        RedisKeys {
+            prefix: self.key_prefix.clone(),
+        }
+    }
+}
+
+/// Names of Weir's Redis keys and channels, in one place.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// Latest health of one node; expires when the node stops reporting.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// Sorted set of every node ever seen, scored by last report (unix ms).
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Pub/sub channel carrying every health change as JSON.
+    pub fn health_channel(&self) -> String {
+        format!("{}:health:changes", self.prefix)
+    }
+}
+
+/// Lazily connected, self-reconnecting Redis connection shared by a process.
+pub struct RedisHandle {
+    client: redis::Client,
+    timeout: Duration,
+    conn: Mutex<Option<ConnectionManager>>,
+}
+
+impl RedisHandle {
+    /// Validates the URL; does not connect.
+    pub fn new(cfg: &RedisConfig) -> Result<Self, redis::RedisError> {
+        Ok(RedisHandle {
+            client: redis::Client::open(cfg.url.as_str())?,
+            timeout: cfg.timeout,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The underlying client (for pub/sub connections).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// A connection, establishing it on first use. Once established it
+    /// reconnects by itself; every command is bounded by the timeout.
+    pub async fn conn(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let fut = ConnectionManager::new_with_config(self.client.clone(), cfg);
+        let c = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "timed out connecting to Redis",
+                ))
+            })??;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+}

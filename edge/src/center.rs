@@ -1,0 +1,437 @@
+//! `weir center`: the fleet's health as JSON and as a live stream.
+//!
+//! The center never talks to agents. Live state comes from Redis (one key per
+//! reporting node, an index of every node ever seen, a pub/sub channel of
+//! changes); uptime comes from PostgreSQL. Any number of centers can run: each
+//! subscribes to the channel once and fans changes out to its own clients.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use weir_consumers::health::EXPIRY_INTERVALS;
+use weir_consumers::{NodeUptime, RedisHandle, RedisKeys, UptimeQuery};
+use weir_schemas::HealthEvent;
+
+use crate::http::{track_metrics, ApiError};
+
+/// Settings of `weir center`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CenterConfig {
+    /// Listen address of the API.
+    pub addr: String,
+    /// Interval of SSE keep-alive comments (keeps proxies from closing idle
+    /// streams).
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Live-stream events buffered per client before a slow client is told
+    /// it lagged.
+    pub stream_buffer: usize,
+}
+
+impl Default for CenterConfig {
+    fn default() -> Self {
+        CenterConfig {
+            addr: "127.0.0.1:8081".into(),
+            keepalive: Duration::from_secs(15),
+            stream_buffer: 1024,
+        }
+    }
+}
+
+/// A change pushed on the live stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    /// A node reported.
+    Health {
+        /// The report.
+        health: Box<HealthEvent>,
+    },
+    /// A node stopped reporting for longer than its expiry.
+    Down {
+        /// Node.
+        node_id: String,
+        /// Its last report.
+        last_seen: DateTime<Utc>,
+    },
+}
+
+/// Shared state of the center's handlers.
+#[derive(Clone)]
+pub struct CenterState {
+    redis: Arc<RedisHandle>,
+    keys: RedisKeys,
+    pool: PgPool,
+    changes: broadcast::Sender<Change>,
+    /// Ends live streams at shutdown, so that graceful shutdown does not
+    /// wait forever on clients that never disconnect.
+    shutdown: CancellationToken,
+}
+
+impl CenterState {
+    /// State over the given stores.
+    pub fn new(redis: Arc<RedisHandle>, keys: RedisKeys, pool: PgPool, cfg: &CenterConfig) -> Self {
+        let (changes, _) = broadcast::channel(cfg.stream_buffer.max(16));
+        CenterState {
+            redis,
+            keys,
+            pool,
+            changes,
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// One node as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// Node id.
+    pub node_id: String,
+    /// `up` while its live key exists, `down` once it expired.
+    pub status: &'static str,
+    /// Last report time.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The latest report (absent once the node is down).
+    pub health: Option<HealthEvent>,
+}
+
+/// The whole fleet, split.
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    /// Nodes known.
+    pub total: usize,
+    /// Nodes reporting.
+    pub healthy_count: usize,
+    /// Nodes known but not reporting.
+    pub unhealthy_count: usize,
+    /// Ids of healthy nodes.
+    pub healthy: Vec<String>,
+    /// Ids of unhealthy nodes.
+    pub unhealthy: Vec<String>,
+}
+
+/// The API's routes over a state.
+pub fn router(state: CenterState, keepalive: Duration) -> Router {
+    Router::new()
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/fleet", get(fleet))
+        .route("/api/v1/uptime", get(uptime))
+        .route(
+            "/api/v1/stream",
+            get(move |s: State<CenterState>| stream(s, keepalive)),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn(|req, next| {
+            track_metrics("center", req, next)
+        }))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` fires; also runs the
+/// Redis subscription that feeds the live stream.
+pub async fn serve(
+    listener: TcpListener,
+    mut state: CenterState,
+    cfg: &CenterConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    state.shutdown = shutdown.clone();
+    let feeder = tokio::spawn(feed_changes(state.clone(), shutdown.clone()));
+    let app = router(state, cfg.keepalive);
+    info!(addr = %listener.local_addr()?, "center listening");
+    let stop = shutdown.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut server = tokio::spawn(async move { server.await });
+    let res = tokio::select! {
+        r = &mut server => r.map_err(std::io::Error::other).and_then(|r| r),
+        _ = shutdown.cancelled() => {
+            // In-flight requests get a bounded drain; live streams end at once.
+            match tokio::time::timeout(Duration::from_secs(10), server).await {
+                Ok(r) => r.map_err(std::io::Error::other).and_then(|r| r),
+                Err(_) => {
+                    warn!("center drain deadline passed; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    feeder.abort();
+    info!("center stopped");
+    res
+}
+
+async fn index(state: &CenterState) -> Result<Vec<(String, i64)>, ApiError> {
+    let mut conn = state.redis.conn().await?;
+    let ids: Vec<(String, f64)> = conn.zrange_withscores(state.keys.nodes(), 0, -1).await?;
+    Ok(ids.into_iter().map(|(id, s)| (id, s as i64)).collect())
+}
+
+fn to_time(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+async fn load_nodes(state: &CenterState) -> Result<Vec<NodeView>, ApiError> {
+    let idx = index(state).await?;
+    let mut out = Vec::with_capacity(idx.len());
+    let mut conn = state.redis.conn().await?;
+    for chunk in idx.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|(id, _)| state.keys.node(id)).collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for ((id, score), v) in chunk.iter().zip(values) {
+            let health = v.and_then(|s| match serde_json::from_str::<HealthEvent>(&s) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!(node_id = %id, error = %e, "unreadable live state in Redis");
+                    None
+                }
+            });
+            out.push(NodeView {
+                node_id: id.clone(),
+                status: if health.is_some() { "up" } else { "down" },
+                last_seen: to_time(*score),
+                health,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(out)
+}
+
+async fn list_nodes(State(state): State<CenterState>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    Ok(Json(load_nodes(&state).await?))
+}
+
+async fn get_node(
+    State(state): State<CenterState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    if id.is_empty() || id.len() > 255 {
+        return Err(ApiError::bad_request("node id must be 1 to 255 bytes"));
+    }
+    let mut conn = state.redis.conn().await?;
+    let score: Option<f64> = conn.zscore(state.keys.nodes(), &id).await?;
+    let Some(score) = score else {
+        return Err(ApiError::not_found(format!(
+            "no node {id:?} has ever reported"
+        )));
+    };
+    let raw: Option<String> = conn.get(state.keys.node(&id)).await?;
+    let health = raw.and_then(|s| serde_json::from_str::<HealthEvent>(&s).ok());
+    Ok(Json(NodeView {
+        node_id: id,
+        status: if health.is_some() { "up" } else { "down" },
+        last_seen: to_time(score as i64),
+        health,
+    }))
+}
+
+async fn fleet(State(state): State<CenterState>) -> Result<Json<FleetView>, ApiError> {
+    let nodes = load_nodes(&state).await?;
+    let (healthy, unhealthy): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.status == "up");
+    Ok(Json(FleetView {
+        total: healthy.len() + unhealthy.len(),
+        healthy_count: healthy.len(),
+        unhealthy_count: unhealthy.len(),
+        healthy: healthy.into_iter().map(|n| n.node_id).collect(),
+        unhealthy: unhealthy.into_iter().map(|n| n.node_id).collect(),
+    }))
+}
+
+/// Query of `/api/v1/uptime`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UptimeParams {
+    from: Option<String>,
+    to: Option<String>,
+    node: Option<String>,
+}
+
+/// Parses RFC 3339 or unix seconds.
+fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs.abs() < 1.0e11 {
+            if let Some(t) = DateTime::from_timestamp_millis((secs * 1000.0) as i64) {
+                return Ok(t);
+            }
+        }
+    }
+    Err(ApiError::bad_request(format!(
+        "{name}={v:?} is not a time: use RFC 3339 (2026-11-23T10:00:00Z) or unix seconds"
+    )))
+}
+
+#[derive(Serialize)]
+struct UptimeView {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    nodes: Vec<NodeUptime>,
+}
+
+async fn uptime(
+    State(state): State<CenterState>,
+    params: Result<Query<UptimeParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UptimeView>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let to = match &p.to {
+        Some(v) => parse_time("to", v)?,
+        None => Utc::now(),
+    };
+    let from = match &p.from {
+        Some(v) => parse_time("from", v)?,
+        None => to - chrono::Duration::days(1),
+    };
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    if to - from > chrono::Duration::days(400) {
+        return Err(ApiError::bad_request("the window may not exceed 400 days"));
+    }
+    let nodes = UptimeQuery { pool: &state.pool }
+        .run(from, to, p.node.as_deref())
+        .await?;
+    Ok(Json(UptimeView { from, to, nodes }))
+}
+
+async fn ready(State(state): State<CenterState>) -> impl IntoResponse {
+    let redis_ok = match state.redis.conn().await {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    let pg_ok = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let status = if redis_ok && pg_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"redis": redis_ok, "postgres": pg_ok})),
+    )
+}
+
+async fn stream(
+    State(state): State<CenterState>,
+    keepalive: Duration,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.changes.subscribe();
+    let stop = state.shutdown.clone().cancelled_owned();
+    let events = tokio_stream::wrappers::BroadcastStream::new(rx)
+        .take_until(stop)
+        .map(|item| {
+            let ev = match item {
+                Ok(change) => {
+                    let name = match &change {
+                        Change::Health { .. } => "health",
+                        Change::Down { .. } => "down",
+                    };
+                    SseEvent::default()
+                        .event(name)
+                        .json_data(&change)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable change"))
+                }
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}"))
+                }
+            };
+            Ok(ev)
+        });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive))
+}
+
+/// Subscribes to the health channel (reconnecting as needed), forwards each
+/// change to this center's clients, and announces nodes whose reports stop.
+async fn feed_changes(state: CenterState, shutdown: CancellationToken) {
+    // Nodes believed up: node → (last report, expiry).
+    let mut live: HashMap<String, (DateTime<Utc>, chrono::Duration)> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    while !shutdown.is_cancelled() {
+        let pubsub = tokio::time::timeout(
+            Duration::from_secs(2),
+            state.redis.client().get_async_pubsub(),
+        )
+        .await;
+        let mut pubsub = match pubsub {
+            Ok(Ok(p)) => p,
+            other => {
+                debug!(error = ?other.err(), "cannot subscribe to health changes yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(e) = pubsub.subscribe(state.keys.health_channel()).await {
+            debug!(error = %e, "subscribe failed");
+            continue;
+        }
+        info!(channel = %state.keys.health_channel(), "subscribed to health changes");
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sweep.tick() => {
+                    let now = Utc::now();
+                    let gone: Vec<String> = live.iter()
+                        .filter(|(_, (seen, expiry))| now - *seen > *expiry)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in gone {
+                        if let Some((seen, _)) = live.remove(&id) {
+                            let _ = state.changes.send(Change::Down { node_id: id, last_seen: seen });
+                        }
+                    }
+                }
+                msg = messages.next() => {
+                    let Some(msg) = msg else { break };
+                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                    match serde_json::from_slice::<HealthEvent>(&payload) {
+                        Ok(h) => {
+                            let expiry = chrono::Duration::milliseconds(h.interval_ms as i64 * EXPIRY_INTERVALS);
+                            live.insert(h.node_id.clone(), (h.ts, expiry));
+                            let _ = state.changes.send(Change::Health { health: Box::new(h) });
+                        }
+                        Err(e) => warn!(error = %e, "unreadable change on the health channel"),
+                    }
+                }
+            }
+        }
+        warn!("health channel subscription lost; reconnecting");
+    }
+}

@@ -1,0 +1,221 @@
+//! Kafka connection settings shared by producers and consumers, and the
+//! event producer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use weir_schemas::{encode, Event};
+
+/// How to reach Kafka, shared by every role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Client id prefix reported to the broker (shows up in Kafka's tools).
+    pub client_id: String,
+    /// How long the producer keeps retrying a record before reporting it
+    /// failed. Long by default: a broker restart must not lose events.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How long the producer waits to fill a batch; a few milliseconds trade
+    /// a little latency for far fewer requests.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Records librdkafka may hold in memory before `enqueue` refuses more
+    /// (the backpressure point).
+    pub queue_max_messages: u32,
+    /// Raw librdkafka options, applied last (escape hatch: SASL, TLS, tuning).
+    pub rdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:19092".into(),
+            client_id: "weir".into(),
+            message_timeout: Duration::from_secs(300),
+            linger: Duration::from_millis(5),
+            queue_max_messages: 100_000,
+            rdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Base client settings common to producers, consumers and admin clients.
+    pub fn client_config(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{role}", self.client_id))
+            .set("log_level", "4");
+        c
+    }
+
+    /// Applies the raw `rdkafka` overrides last, so they win.
+    pub fn apply_overrides(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.rdkafka {
+            c.set(k, v);
+        }
+    }
+
+    /// Producer settings: idempotent, acks from all in-sync replicas, so a
+    /// retried batch is neither lost nor duplicated by the broker.
+    pub fn producer_config(&self, role: &str) -> ClientConfig {
+        let mut c = self.client_config(role);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                self.queue_max_messages.to_string(),
+            );
+        self.apply_overrides(&mut c);
+        c
+    }
+}
+
+/// Why an event could not be handed to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The event failed validation; it was not sent.
+    #[error("invalid {kind} event: {reason}")]
+    Invalid {
+        /// Event kind.
+        kind: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// librdkafka's queue is full: Kafka is slower than the producer.
+    #[error("producer queue is full")]
+    QueueFull,
+    /// Kafka refused or timed out the record.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition written.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+}
+
+/// The producer every Weir role shares. Cheap to clone.
+#[derive(Clone)]
+pub struct EventProducer {
+    inner: FutureProducer,
+}
+
+impl EventProducer {
+    /// Builds a producer; fails only on invalid settings (Kafka itself is
+    /// reached lazily and retried).
+    pub fn new(cfg: &KafkaConfig, role: &str) -> Result<Self, ProduceError> {
+        let inner: FutureProducer = cfg.producer_config(role).create()?;
+        Ok(EventProducer { inner })
+    }
+
+    /// Validates, encodes and queues an event without waiting for Kafka.
+    /// The returned future resolves to the delivery report.
+    pub fn enqueue<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+    ) -> Result<PendingDelivery, ProduceError> {
+        let payload = encode(event).map_err(|reason| {
+            metrics::counter!("weir_producer_events_total", "kind" => E::KIND, "outcome" => "invalid")
+                .increment(1);
+            ProduceError::Invalid { kind: E::KIND, reason }
+        })?;
+        self.enqueue_raw(topic, event.key(), &payload, None, E::KIND)
+    }
+
+    /// Queues an already-encoded record (dead letters, replays).
+    pub fn enqueue_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        kind: &'static str,
+    ) -> Result<PendingDelivery, ProduceError> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        match self.inner.send_result(record) {
+            Ok(fut) => Ok(PendingDelivery { fut, kind }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                metrics::counter!("weir_producer_events_total", "kind" => kind, "outcome" => "queue_full")
+                    .increment(1);
+                Err(ProduceError::QueueFull)
+            }
+            Err((e, _)) => Err(ProduceError::Kafka(e)),
+        }
+    }
+
+    /// Queues an event and waits for its delivery report.
+    pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Delivery, ProduceError> {
+        self.enqueue(topic, event)?.await
+    }
+
+    /// Waits until every queued record is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
+        self.inner.flush(timeout).map_err(ProduceError::Kafka)
+    }
+
+    /// Records still waiting for a delivery report.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+}
+
+/// A queued record's delivery report.
+pub struct PendingDelivery {
+    fut: DeliveryFuture,
+    kind: &'static str,
+}
+
+impl std::future::Future for PendingDelivery {
+    type Output = Result<Delivery, ProduceError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let kind = self.kind;
+        match std::pin::Pin::new(&mut self.fut).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(res) => {
+                let out = match res {
+                    Ok(Ok(d)) => Ok(Delivery {
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    Ok(Err((e, _))) => Err(ProduceError::Kafka(e)),
+                    // The producer was dropped with the record still queued.
+                    Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+                };
+                let outcome = if out.is_ok() { "delivered" } else { "failed" };
+                metrics::counter!("weir_producer_events_total", "kind" => kind, "outcome" => outcome).increment(1);
+                Poll::Ready(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Producing side of Weir: the shared Kafka producer every role uses to emit
+//! events, and the host agent (`weir agent`) that reports a node's health.
+//!
+//! The producer validates each event before it leaves the process (an invalid
+//! event is refused at its source rather than dead-lettered downstream) and
+//! never blocks its caller on Kafka: `enqueue` hands the record to librdkafka's
+//! bounded queue and returns a future for the delivery report.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod kafka;
+
+pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
+pub use kafka::{Delivery, EventProducer, KafkaConfig, PendingDelivery, ProduceError};

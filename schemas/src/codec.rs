@@ -1,0 +1,155 @@
+//! Encoding and decoding of events on the wire (JSON), with validation.
+//!
+//! Decoding is strict about what matters and lenient about what does not:
+//! a missing required field, a wrong type or a value out of range is rejected
+//! with a reason that ends up in the dead-letter headers; an unknown field
+//! (a newer producer adding something) is ignored, so producers can be
+//! upgraded before consumers.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest encoded event a consumer accepts. Anything bigger is not an event
+/// produced by Weir and goes to the dead-letter topic without being parsed.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// What the rate limiter may do with an event when consumers fall behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// May be sampled away under pressure (access events).
+    Sheddable,
+    /// Never dropped (health events): the fleet view depends on every one.
+    Critical,
+}
+
+/// An event type that travels on its own topic.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Schema version this build writes; decoders accept this and older.
+    const SCHEMA_VERSION: u32;
+    /// Short name used in metrics and logs (`health`, `access`).
+    const KIND: &'static str;
+    /// How the producer's limiter treats this event.
+    const PRIORITY: Priority;
+
+    /// Partitioning key: events with the same key keep their order.
+    fn key(&self) -> Option<&str>;
+
+    /// Schema version carried by this instance.
+    fn schema_version(&self) -> u32;
+
+    /// Checks that go beyond types (ranges, non-empty identifiers).
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// Why a record could not become an event. Each variant maps to the short
+/// reason written in the dead-letter headers.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Record has no value (a tombstone or an empty produce).
+    #[error("record has no payload")]
+    Empty,
+    /// Record is larger than any event Weir produces.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the payload.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// Not JSON at all (syntax error, not UTF-8).
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not of the event's shape (missing field, wrong type).
+    #[error("does not match the schema: {0}")]
+    Schema(String),
+    /// Shape is right but a value is not acceptable.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    /// Written by a newer major version that this build cannot read.
+    #[error("schema version {found} is newer than supported version {supported}")]
+    UnsupportedVersion {
+        /// Version in the record.
+        found: u32,
+        /// Highest version this build reads.
+        supported: u32,
+    },
+}
+
+impl DecodeError {
+    /// Short, stable reason for headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::Schema(_) => "schema",
+            DecodeError::Invalid(_) => "invalid",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+        }
+    }
+}
+
+/// Decodes and validates one event from a record payload.
+pub fn decode<E: Event>(payload: Option<&[u8]>) -> Result<E, DecodeError> {
+    let bytes = payload.ok_or(DecodeError::Empty)?;
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    let event: E = serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => DecodeError::Schema(e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => DecodeError::NotJson(e.to_string()),
+        }
+    })?;
+    if event.schema_version() > E::SCHEMA_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: event.schema_version(),
+            supported: E::SCHEMA_VERSION,
+        });
+    }
+    if event.schema_version() == 0 {
+        return Err(DecodeError::Invalid(
+            "schema_version must be at least 1".into(),
+        ));
+    }
+    event.validate().map_err(DecodeError::Invalid)?;
+    Ok(event)
+}
+
+/// Validates and encodes one event. Producers call this so that an invalid
+/// event is refused at the source instead of landing in the dead-letter topic.
+pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, String> {
+    event.validate()?;
+    serde_json::to_vec(event).map_err(|e| e.to_string())
+}
+
+/// Checks an identifier that ends up in Redis keys, SQL rows and URLs.
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.len() > 255 {
+        return Err(format!("{field} is longer than 255 bytes"));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{field} must not contain whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a float is a real number in a range (JSON cannot carry NaN,
+/// but a negative or absurd value can still arrive).
+pub(crate) fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<(), String> {
+    if !value.is_finite() || value < min || value > max {
+        return Err(format!("{field} = {value} is outside {min}..={max}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Weir's wire contract: the events that cross Kafka, their schema versions,
+//! the default topic names and the codec every producer and consumer shares.
+//!
+//! Everything that travels between processes is defined here once, so that a
+//! producer and a consumer can never disagree about a field. The JSON Schema
+//! files in `schemas/json/` describe the same types for non-Rust clients; a test
+//! keeps the two in step.
+#![warn(missing_docs)]
+
+pub mod access;
+pub mod codec;
+pub mod health;
+pub mod topics;
+
+pub use access::{AccessEvent, CacheOutcome};
+pub use codec::{decode, encode, DecodeError, Event, Priority, MAX_EVENT_BYTES};
+pub use health::{HealthEvent, InterfaceStats, IpAddresses, LoadAverage};

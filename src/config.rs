@@ -1,0 +1,543 @@
+//! The `weir` configuration: one typed section per role, loaded from
+//! defaults, then a TOML file, then `WEIR_<SECTION>_<KEY>` environment
+//! variables, then command-line flags, and validated before anything starts.
+//!
+//! Every error names the key (`agent.interval`, or the environment variable
+//! that set it) so that a typo is fixed in one look.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use weir_consumers::{ConsumerConfig, DatabaseConfig, RedisConfig};
+use weir_edge::CenterConfig;
+use weir_producers::{AgentConfig, KafkaConfig};
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {key}: {message}")]
+pub struct ConfigError {
+    /// Dotted key (`agent.interval`) or environment variable.
+    pub key: String,
+    /// What is wrong and, where useful, what is expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Topic names and how `weir topics ensure` creates them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Health events topic.
+    pub health: String,
+    /// Access events topic.
+    pub access: String,
+    /// Dead-letter topic.
+    pub dlq: String,
+    /// Partitions of each topic when created.
+    pub partitions: i32,
+    /// Replication factor when created.
+    pub replication: i32,
+    /// Retention of the event topics.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Retention of the dead-letter topic (longer: someone has to look).
+    #[serde(with = "humantime_serde")]
+    pub dlq_retention: Duration,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            health: weir_schemas::topics::HEALTH.into(),
+            access: weir_schemas::topics::ACCESS.into(),
+            dlq: weir_schemas::topics::DLQ.into(),
+            partitions: 6,
+            replication: 1,
+            retention: Duration::from_secs(7 * 86_400),
+            dlq_retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Where `/metrics`, `/livez` and `/readyz` are served for non-HTTP roles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address; empty disables the metrics server. When left at the
+    /// default and the port is taken (several roles on one host), an
+    /// ephemeral port is used and logged.
+    pub addr: String,
+}
+
+/// Default metrics address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: DEFAULT_METRICS_ADDR.into(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `weir=debug,rdkafka=warn`); `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `weir up`: every role in one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpConfig {
+    /// Health group members to run.
+    pub consumers: usize,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig { consumers: 2 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topics.
+    pub topics: TopicsConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Health agent.
+    pub agent: AgentConfig,
+    /// Consumer group members.
+    pub consumer: ConsumerConfig,
+    /// Center API.
+    pub center: CenterConfig,
+    /// Metrics server.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// All-in-one mode.
+    pub up: UpConfig,
+}
+
+/// Environment variables with the `WEIR_` prefix that are not configuration
+/// (set by `deploy/local/env` for scripts and tests).
+const NON_CONFIG_ENV: &[&str] = &[
+    "WEIR_CONFIG",
+    "WEIR_STACK_DIR",
+    "WEIR_KAFKA_LIBS",
+    "WEIR_DEPLOY_LOCAL",
+    "WEIR_S3_ENDPOINT",
+    "WEIR_S3_BUCKET",
+    "WEIR_S3_REGION",
+    "WEIR_S3_ACCESS_KEY_ID",
+    "WEIR_S3_SECRET_ACCESS_KEY",
+    "WEIR_TEST_LOGS",
+];
+
+impl Config {
+    /// Loads defaults ← file ← environment, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc = serde_json::to_value(Config::default())
+            .map_err(|e| ConfigError::new("<defaults>", e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                let msg = e.message().to_string();
+                ConfigError::new(path.display().to_string(), format!("invalid TOML: {msg}"))
+            })?;
+            let file_doc = serde_json::to_value(table)
+                .map_err(|e| ConfigError::new("--config", e.to_string()))?;
+            merge(&mut doc, file_doc);
+        }
+        apply_env(&mut doc, env)?;
+        let cfg: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(
+                if path == "." { "<root>".into() } else { path },
+                e.inner().to_string(),
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "must list at least one host:port",
+            ));
+        }
+        for b in self.kafka.brokers.split(',') {
+            let b = b.trim();
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::new(
+                    "kafka.brokers",
+                    format!("{b:?} is not host:port"),
+                ));
+            }
+        }
+        for (key, name) in [
+            ("topics.health", &self.topics.health),
+            ("topics.access", &self.topics.access),
+            ("topics.dlq", &self.topics.dlq),
+        ] {
+            let valid = !name.is_empty()
+                && name.len() <= 249
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name:?} is not a valid Kafka topic name"),
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.topics.partitions) {
+            return Err(ConfigError::new(
+                "topics.partitions",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=32).contains(&self.topics.replication) {
+            return Err(ConfigError::new(
+                "topics.replication",
+                "must be between 1 and 32",
+            ));
+        }
+        if redis::Client::open(self.redis.url.as_str()).is_err() {
+            return Err(ConfigError::new(
+                "redis.url",
+                format!("{:?} is not a Redis URL", self.redis.url),
+            ));
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "redis.key_prefix",
+                "must be non-empty, without whitespace",
+            ));
+        }
+        if self
+            .database
+            .url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .is_err()
+            || !self.database.url.starts_with("postgres")
+        {
+            return Err(ConfigError::new("database.url", "is not a postgres:// URL"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        let i = self.agent.interval;
+        if i < Duration::from_millis(10) || i > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "agent.interval",
+                format!("{} is outside 10ms..=1h", humantime::format_duration(i)),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.consumer.batch_max_records) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_records",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.consumer.batch_max_wait > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_wait",
+                "must be at most 60s",
+            ));
+        }
+        let st = self.consumer.session_timeout;
+        if st < Duration::from_secs(1) || st > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "consumer.session_timeout",
+                "must be between 1s and 5m",
+            ));
+        }
+        parse_addr("center.addr", &self.center.addr)?;
+        if !self.metrics.addr.is_empty() {
+            parse_addr("metrics.addr", &self.metrics.addr)?;
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("{:?} is not a log filter", self.log.level),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::new("log.format", "must be text or json"));
+        }
+        if !(1..=64).contains(&self.up.consumers) {
+            return Err(ConfigError::new("up.consumers", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a listen address.
+pub fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| ConfigError::new(key, format!("{v:?} is not an address like 127.0.0.1:8081")))
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Applies `WEIR_<SECTION>_<KEY>=value` variables. The type of each value is
+/// taken from the default (number, boolean, list, text), so `6` is a number
+/// for `topics.partitions` but text for `agent.node_id`.
+fn apply_env(
+    doc: &mut Value,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = doc.clone();
+    let Some(sections) = defaults.as_object() else {
+        return Ok(());
+    };
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("WEIR_") else {
+            continue;
+        };
+        if NON_CONFIG_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let found = sections.iter().find_map(|(section, fields)| {
+            let key = lower.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let default = fields.as_object()?.get(key)?;
+            Some((section.clone(), key.to_string(), default.clone()))
+        });
+        let Some((section, key, default)) = found else {
+            return Err(ConfigError::new(
+                &var,
+                "is not a known setting (WEIR_<SECTION>_<KEY>, see docs/configuration.md)",
+            ));
+        };
+        let value = match &default {
+            Value::Number(n) => {
+                let parsed = if n.is_f64() {
+                    raw.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                } else if n.is_u64() {
+                    raw.trim().parse::<u64>().ok().map(Value::from)
+                } else {
+                    raw.trim().parse::<i64>().ok().map(Value::from)
+                };
+                parsed.ok_or_else(|| {
+                    ConfigError::new(&var, format!("expected a number, got {raw:?}"))
+                })?
+            }
+            Value::Bool(_) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Value::Bool(true),
+                "false" | "0" | "no" | "off" => Value::Bool(false),
+                _ => {
+                    return Err(ConfigError::new(
+                        &var,
+                        format!("expected true or false, got {raw:?}"),
+                    ))
+                }
+            },
+            Value::Array(_) => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+            Value::Object(_) => {
+                return Err(ConfigError::new(
+                    &var,
+                    "is a table; set its keys in the config file",
+                ))
+            }
+            _ => Value::String(raw),
+        };
+        if let Some(obj) = doc.get_mut(&section).and_then(Value::as_object_mut) {
+            obj.insert(key, value);
+        } else {
+            let mut m = Map::new();
+            m.insert(key, value);
+            doc[section] = Value::Object(m);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "weir-cfg-{}-{}.toml",
+                    std::process::id(),
+                    uuid_like()
+                ));
+                std::fs::write(&p, text).expect("write temp config");
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        fn uuid_like() -> u64 {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            N.fetch_add(1, Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).expect("defaults load");
+        assert_eq!(c.agent.interval, Duration::from_secs(1));
+        assert_eq!(c.topics.health, "weir.health.v1");
+    }
+
+    #[test]
+    fn file_then_env_then_typed() {
+        let f = write(
+            "[agent]\ninterval = \"250ms\"\nnode_id = \"from-file\"\n[topics]\npartitions = 3\n",
+        );
+        let c = Config::load(
+            Some(&f.0),
+            env(&[
+                ("WEIR_AGENT_NODE_ID", "from-env"),
+                ("WEIR_CENTER_ADDR", "127.0.0.1:18081"),
+                ("WEIR_CONSUMER_BATCH_MAX_RECORDS", "42"),
+                ("WEIR_AGENT_WAN_IPS", "203.0.113.1, 203.0.113.2"),
+                ("WEIR_STACK_DIR", "/ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.agent.interval, Duration::from_millis(250));
+        assert_eq!(c.agent.node_id, "from-env");
+        assert_eq!(c.topics.partitions, 3);
+        assert_eq!(c.center.addr, "127.0.0.1:18081");
+        assert_eq!(c.consumer.batch_max_records, 42);
+        assert_eq!(c.agent.wan_ips, vec!["203.0.113.1", "203.0.113.2"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+            (Some("[agent]\nintervall = \"1s\"\n"), vec![], "agent"),
+            (
+                Some("[agent]\ninterval = \"soon\"\n"),
+                vec![],
+                "agent.interval",
+            ),
+            (
+                Some("[agent]\ninterval = \"0s\"\n"),
+                vec![],
+                "agent.interval",
+            ),
+            (Some("[nope]\nx = 1\n"), vec![], "nope"),
+            (Some("not toml ["), vec![], ".toml"),
+            (
+                None,
+                vec![("WEIR_TOPICS_PARTITIONS", "many")],
+                "WEIR_TOPICS_PARTITIONS",
+            ),
+            (None, vec![("WEIR_CENTER_ADR", "x")], "WEIR_CENTER_ADR"),
+            (None, vec![("WEIR_CENTER_ADDR", "localhost")], "center.addr"),
+            (None, vec![("WEIR_KAFKA_BROKERS", "")], "kafka.brokers"),
+            (
+                None,
+                vec![("WEIR_DATABASE_URL", "mysql://x")],
+                "database.url",
+            ),
+            (
+                None,
+                vec![("WEIR_TOPICS_HEALTH", "bad topic")],
+                "topics.health",
+            ),
+        ];
+        for (file, vars, key) in cases {
+            let f = file.map(write);
+            let err =
+                Config::load(f.as_ref().map(|t| t.0.as_path()), env(&vars)).expect_err("must fail");
+            assert!(err.to_string().contains(key), "{err} does not name {key}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+}
