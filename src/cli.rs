@@ -37,6 +37,9 @@ pub enum Command {
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Print the effective configuration (defaults ← file ← environment) as
+    /// TOML, passwords masked, after validating it.
+    Config,
 }
 
 /// `weir up`.

@@ -103,7 +103,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.center.addr = addr.clone();
             }
         }
-        Command::Topics(_) => {}
+        Command::Topics(_) | Command::Config => {}
     }
     cfg.validate()?;
     Ok(cfg)
@@ -112,7 +112,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let shutdown = telemetry::shutdown_on_signals();
     let handle = telemetry::init_metrics()?;
-    let needs_metrics = !matches!(cli.command, Command::Topics(_));
+    let needs_metrics = !matches!(cli.command, Command::Topics(_) | Command::Config);
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
             telemetry::spawn_metrics_server(l, handle, shutdown.clone());
@@ -140,6 +140,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Center(_) => {
             let listener = roles::bind_center(&cfg).await?;
             roles::center(&cfg, listener, shutdown).await
+        }
+        Command::Config => {
+            print!("{}", cfg.to_toml_masked()?);
+            Ok(())
         }
         Command::Topics(TopicsCommand::Ensure) => {
             for t in topics::ensure(&cfg.kafka, &cfg.topics).await? {
