@@ -1,0 +1,143 @@
+# shellcheck shell=bash disable=SC2034 # (variables are used by the sourcing scripts)
+# bench/lib.sh — common code of the whole-system benchmarks (sourced, never
+# run): repository paths, the local stack's environment, package installs,
+# the release binary, /proc readers, Kafka topic clean-up and the report file.
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO="$(cd "$BENCH_DIR/.." && pwd -P)"
+OUT_DIR="$BENCH_DIR/out"
+
+# The shared stack's addresses (WEIR_KAFKA_BROKERS, WEIR_DATABASE_URL, …) and
+# its helpers (need_cmd installs a missing command with apt, under a lock).
+eval "$("$REPO/deploy/local/env")"
+# shellcheck source=../deploy/local/lib.sh
+source "$REPO/deploy/local/lib.sh"
+
+bsay() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# Unique, sortable id of this run; lower case, digits and '-' only, so that
+# it fits topic, group, Redis and (with '_') database names.
+RUN_ID="$(date -u +%Y%m%d%H%M%S)-$$"
+
+# Seconds since the epoch, with microseconds (bash 5).
+now() { printf '%s' "$EPOCHREALTIME"; }
+
+CLK_TCK="$(getconf CLK_TCK)"
+
+# cpu_ticks PID: utime+stime of the process (every thread), in clock ticks.
+cpu_ticks() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086
+  set -- $stat
+  # After "pid (comm) ": $1 = state, utime = field 14 → $12, stime → $13.
+  echo $((${12} + ${13}))
+}
+
+# status_kb PID FIELD: a kB field of /proc/PID/status (VmRSS, VmHWM).
+status_kb() {
+  local k v _
+  while read -r k v _; do
+    if [[ $k == "$2:" ]]; then
+      echo "$v"
+      return 0
+    fi
+  done 2>/dev/null <"/proc/$1/status"
+  return 1
+}
+
+# thread_ticks PID: one line per thread, "TID<TAB>TICKS<TAB>NAME" (utime+stime).
+thread_ticks() {
+  local t stat name
+  for t in /proc/"$1"/task/*; do
+    stat="$(cat "$t/stat" 2>/dev/null)" || continue
+    name="${stat#*(}"
+    name="${name%) *}"
+    stat="${stat##*) }"
+    # shellcheck disable=SC2086
+    set -- $stat
+    printf '%s\t%d\t%s\n' "${t##*/}" $((${12} + ${13})) "$name"
+  done
+}
+
+threads_of() { status_kb "$1" Threads; }
+
+# free_port: a TCP port free on 127.0.0.1 right now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Builds (if needed) and names the release binary; WEIR_BIN overrides it.
+ensure_weir() {
+  if [[ -n ${WEIR_BIN:-} ]]; then
+    [[ -x $WEIR_BIN ]] || die "WEIR_BIN=$WEIR_BIN is not executable"
+    return 0
+  fi
+  bsay "cargo build --release --bin weir"
+  (cd "$REPO" && cargo build --release --bin weir >&2)
+  WEIR_BIN="$REPO/target/release/weir"
+}
+
+# The source the binary was built from, as far as git knows.
+source_rev() {
+  local rev dirty
+  rev="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  dirty="$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l)"
+  if [[ $dirty -gt 0 ]]; then echo "$rev + $dirty modified files"; else echo "$rev"; fi
+}
+
+# Markdown lines describing the machine and its load when the run started.
+machine_md() {
+  local cpu load
+  cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+  read -r load _ </proc/loadavg
+  printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  printf -- '- machine: %s cores (`nproc`), %s, %s RAM (`free -h` total), %s\n' \
+    "$(nproc)" "${cpu:-unknown CPU}" "$(free -h | awk '/^Mem:/ {print $2}')" "$(. /etc/os-release && echo "$PRETTY_NAME")"
+  printf -- '- 1-min load average at start: %s\n' "$load"
+  printf -- '- weir binary: %s (source %s)\n' "${WEIR_BIN:-?}" "$(source_rev)"
+}
+
+# list_topics: every topic name, one a line.
+list_topics() {
+  kcat -L -J -b "$WEIR_KAFKA_BROKERS" 2>/dev/null |
+    python3 -c 'import json, sys; [print(t["topic"]) for t in json.load(sys.stdin)["topics"]]'
+}
+
+# delete_topics REGEX: deletes the matching topics (Kafka's TopicCommand).
+delete_topics() {
+  "$REPO/deploy/local/kafka-class" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "$WEIR_KAFKA_BROKERS" --delete --if-exists --topic "$1" >/dev/null 2>&1 ||
+    bsay "warning: could not delete topics matching $1"
+}
+
+# delete_groups GROUP...: deletes (empty) consumer groups.
+delete_groups() {
+  [[ $# -gt 0 ]] || return 0
+  local args=() g
+  for g in "$@"; do args+=(--group "$g"); done
+  "$REPO/deploy/local/kafka-class" org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    --bootstrap-server "$WEIR_KAFKA_BROKERS" --delete "${args[@]}" >/dev/null 2>&1 ||
+    bsay "warning: could not delete consumer groups $*"
+}
+
+# The pid embedded in a resource name made by an earlier run
+# (bench-<name>-<date>-<pid>-…); true if that run is gone, so its leftovers
+# (from a kill -9) may be removed.
+stale_owner() {
+  local pid
+  pid="$(sed -n 's/^bench[-_][a-z-]*[-_][0-9]\{14\}[-_]\([0-9]\+\).*/\1/p' <<<"$1")"
+  [[ -n $pid && ! -d /proc/$pid ]]
+}
+
+# write_report NAME FILE: copies the markdown report to stdout and to
+# bench/out/NAME-<date>.md.
+write_report() {
+  mkdir -p "$OUT_DIR"
+  local dest
+  dest="$OUT_DIR/$1-$(date -u +%Y%m%d-%H%M%S).md"
+  cp "$2" "$dest"
+  cat "$2"
+  bsay "report written to ${dest#"$REPO"/}"
+}
