@@ -493,14 +493,17 @@ impl PrivateService {
         }
     }
 
-    /// Stops it: SIGKILL when `hard`, else SIGTERM, and waits for the exit.
+    /// Stops it: SIGKILL when `hard`, else a clean fast shutdown, and reaps
+    /// the process (an unreaped zombie would block a restart on its pid file).
     pub fn stop(&mut self, hard: bool) {
         if let Some(mut c) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let sig = if hard {
-                nix::sys::signal::Signal::SIGKILL
-            } else {
-                nix::sys::signal::Signal::SIGTERM
+            // PostgreSQL's SIGTERM waits for every client to leave; SIGINT is
+            // its "fast" shutdown.
+            let sig = match (hard, self.kind) {
+                (true, _) => nix::sys::signal::Signal::SIGKILL,
+                (false, "postgres") => nix::sys::signal::Signal::SIGINT,
+                (false, _) => nix::sys::signal::Signal::SIGTERM,
             };
             let _ = nix::sys::signal::kill(pid, sig);
             let _ = c.wait();
