@@ -21,7 +21,8 @@ pub struct Ensured {
 }
 
 /// Creates the health, access and dead-letter topics when missing. Existing
-/// topics are left alone (partition changes are `weir topics scale`).
+/// topics are left alone: changing partitions is a deliberate operation,
+/// never a side effect of starting a role.
 pub async fn ensure(kafka: &KafkaConfig, topics: &TopicsConfig) -> anyhow::Result<Vec<Ensured>> {
     let admin: AdminClient<DefaultClientContext> = {
         let mut c = kafka.client_config("admin");

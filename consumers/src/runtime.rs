@@ -368,6 +368,10 @@ impl<A: Aggregator> GroupRuntime<A> {
                     .await;
             }
             self.forget_revoked(&consumer, &mut owned, &mut batch);
+            if let Ok(assigned) = consumer.assignment() {
+                metrics::gauge!("weir_consumer_partitions_owned", "group" => self.group.clone())
+                    .set(assigned.count() as f64);
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -381,8 +385,6 @@ impl<A: Aggregator> GroupRuntime<A> {
                 stopping,
             )
             .await;
-            metrics::gauge!("weir_consumer_partitions_owned", "group" => self.group.clone())
-                .set(owned.len() as f64);
         }
         info!(group = %self.group, applied = report.applied, dead_lettered = report.dead_lettered,
               skipped = report.skipped, batches = report.batches, "consumer stopping");
