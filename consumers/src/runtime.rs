@@ -234,7 +234,55 @@ struct DeadRecord {
     timestamp: Option<i64>,
 }
 
+/// A record as received, decoded later in parallel with the rest of the batch.
+struct RawRecord {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    timestamp: Option<i64>,
+}
+
+/// Decodes raw records in order; failures become dead letters.
+fn decode_all<E: Event>(
+    raw: Vec<RawRecord>,
+    dlq_max_payload: usize,
+) -> (Vec<Record<E>>, Vec<DeadRecord>) {
+    let mut records = Vec::with_capacity(raw.len());
+    let mut dead = Vec::new();
+    for r in raw {
+        match decode::<E>(r.payload.as_deref()) {
+            Ok(event) => records.push(Record {
+                partition: r.partition,
+                offset: r.offset,
+                event,
+            }),
+            Err(error) => {
+                let mut payload = r.payload.unwrap_or_default();
+                let original_size = payload.len();
+                payload.truncate(dlq_max_payload);
+                dead.push(DeadRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    key: r.key,
+                    payload,
+                    original_size,
+                    error,
+                    timestamp: r.timestamp,
+                });
+            }
+        }
+    }
+    (records, dead)
+}
+
+/// Below this many records a batch is decoded on the loop's own thread; above
+/// it, half of it is decoded on a blocking thread at the same time (decoding
+/// JSON is the largest CPU cost of a member).
+const PARALLEL_DECODE_MIN: usize = 1024;
+
 struct Batch<E> {
+    raw: Vec<RawRecord>,
     records: Vec<Record<E>>,
     dead: Vec<DeadRecord>,
     dead_sent: bool,
@@ -245,6 +293,7 @@ struct Batch<E> {
 impl<E> Batch<E> {
     fn new() -> Self {
         Batch {
+            raw: Vec::new(),
             records: Vec::new(),
             dead: Vec::new(),
             dead_sent: false,
@@ -253,7 +302,7 @@ impl<E> Batch<E> {
     }
 
     fn len(&self) -> usize {
-        self.records.len() + self.dead.len()
+        self.raw.len() + self.records.len() + self.dead.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -261,6 +310,7 @@ impl<E> Batch<E> {
     }
 
     fn drop_partition(&mut self, p: i32) {
+        self.raw.retain(|r| r.partition != p);
         self.records.retain(|r| r.partition != p);
         self.dead.retain(|r| r.partition != p);
         self.ranges.remove(&p);
@@ -375,6 +425,7 @@ impl<A: Aggregator> GroupRuntime<A> {
             if batch.is_empty() {
                 continue;
             }
+            self.decode_batch(&mut batch).await;
             let stopping = shutdown.is_cancelled();
             self.apply_with_retry(
                 &consumer,
@@ -494,31 +545,44 @@ impl<A: Aggregator> GroupRuntime<A> {
             metrics::counter!("weir_consumer_gap_records_total", "group" => self.group.clone())
                 .increment((o - state.next) as u64);
         }
-        match decode::<A::Event>(msg.payload()) {
-            Ok(event) => batch.records.push(Record {
-                partition: p,
-                offset: o,
-                event,
-            }),
-            Err(error) => {
-                let payload = msg.payload().unwrap_or_default();
-                let keep = payload.len().min(self.cfg.dlq_max_payload);
-                batch.dead.push(DeadRecord {
-                    partition: p,
-                    offset: o,
-                    key: msg.key().map(|k| k.to_vec()),
-                    payload: payload[..keep].to_vec(),
-                    original_size: payload.len(),
-                    error,
-                    timestamp: msg.timestamp().to_millis(),
-                });
-            }
-        }
+        batch.raw.push(RawRecord {
+            partition: p,
+            offset: o,
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            timestamp: msg.timestamp().to_millis(),
+        });
         let entry = batch.ranges.entry(p).or_insert((state.stored, o));
         entry.1 = o + 1;
         if let Some(s) = owned.get_mut(&p) {
             s.next = o + 1;
         }
+    }
+
+    /// Decodes the batch's raw records, splitting a large batch across two
+    /// threads.
+    async fn decode_batch(&self, batch: &mut Batch<A::Event>) {
+        let mut raw = std::mem::take(&mut batch.raw);
+        let max = self.cfg.dlq_max_payload;
+        let (records, dead) = if raw.len() < PARALLEL_DECODE_MIN {
+            decode_all::<A::Event>(raw, max)
+        } else {
+            let second = raw.split_off(raw.len() / 2);
+            let other = tokio::task::spawn_blocking(move || decode_all::<A::Event>(second, max));
+            let (mut records, mut dead) = decode_all::<A::Event>(raw, max);
+            match other.await {
+                Ok((r, d)) => {
+                    records.extend(r);
+                    dead.extend(d);
+                }
+                // Only a panic in the decoder gets here: crash like the
+                // inline half would, before any offset of the batch is stored.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+            (records, dead)
+        };
+        batch.records = records;
+        batch.dead = dead;
     }
 
     fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) {
