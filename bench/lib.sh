@@ -63,6 +63,39 @@ thread_ticks() {
 
 threads_of() { status_kb "$1" Threads; }
 
+# machine_busy: "busy total" jiffies of all CPUs so far (/proc/stat).
+machine_busy() {
+  local _ user nice system idle iowait irq softirq steal
+  read -r _ user nice system idle iowait irq softirq steal _ </proc/stat
+  echo "$((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
+
+# wait_quiet: waits (at most BENCH_QUIET_WAIT seconds, default 300) until the
+# machine is quiet — under 20 % of all CPUs busy over 5 s — since anything
+# else running (a build, a test suite) takes the cores being measured.
+# Proceeds anyway after the deadline, saying so; QUIET_NOTE records what
+# was seen, for the report.
+wait_quiet() {
+  local deadline b0 t0 b1 t1 pct
+  deadline=$((SECONDS + ${BENCH_QUIET_WAIT:-300}))
+  while :; do
+    read -r b0 t0 < <(machine_busy)
+    sleep 5
+    read -r b1 t1 < <(machine_busy)
+    pct=$((100 * (b1 - b0) / (t1 - t0 > 0 ? t1 - t0 : 1)))
+    if ((pct < 20)); then
+      QUIET_NOTE="machine ${pct} % busy (all CPUs) in the 5 s before the run"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      QUIET_NOTE="**machine was ${pct} % busy (all CPUs) before the run; waited ${BENCH_QUIET_WAIT:-300} s for it to calm down, then ran anyway: figures are disturbed**"
+      bsay "warning: machine still ${pct} % busy; running anyway"
+      return 0
+    fi
+    bsay "machine ${pct} % busy (something else is running); waiting for it to calm down"
+  done
+}
+
 # free_port: a TCP port free on 127.0.0.1 right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -95,7 +128,7 @@ machine_md() {
   printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   printf -- '- machine: %s cores (`nproc`), %s, %s RAM (`free -h` total), %s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(free -h | awk '/^Mem:/ {print $2}')" "$(. /etc/os-release && echo "$PRETTY_NAME")"
-  printf -- '- 1-min load average at start: %s\n' "$load"
+  printf -- '- 1-min load average at start: %s; %s\n' "$load" "${QUIET_NOTE:-quietness not checked}"
   printf -- '- weir binary: %s (source %s)\n' "${WEIR_BIN:-?}" "$(source_rev)"
 }
 

@@ -37,6 +37,12 @@ pub enum Command {
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Produce synthetic events with known totals.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Inspect and replay the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -69,6 +75,92 @@ pub struct AgentArgs {
 pub enum ConsumeCommand {
     /// Health events → Redis live state + PostgreSQL inventory and uptime.
     Health(ConsumeArgs),
+    /// Access events → per-minute rollups in PostgreSQL + hot counters in Redis.
+    Access(ConsumeArgs),
+}
+
+/// `weir gen …`.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// Synthetic access events (deterministic for a seed); prints the totals
+    /// produced as JSON on stdout.
+    Access(GenAccessArgs),
+}
+
+/// `weir gen access`.
+#[derive(Debug, Args)]
+pub struct GenAccessArgs {
+    /// Events to produce.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub count: u64,
+    /// Distinct edge nodes.
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub nodes: u32,
+    /// Distinct objects (popularity is skewed: a few are very hot).
+    #[arg(long, value_name = "M", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub objects: u32,
+    /// Seed: the same seed gives the same events.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Events per second (default: as fast as Kafka takes them).
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rate: Option<u64>,
+    /// Event time of the first event (RFC 3339; default: now, to the minute).
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<String>,
+    /// Event time spanned by the events.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub span: Duration,
+    /// Make every Nth record a poison record (not JSON), to exercise the
+    /// dead-letter path; poison records are counted apart.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub poison_every: Option<u64>,
+}
+
+/// `weir dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (default: the last 50 of each partition).
+    List(DlqListArgs),
+    /// Produce dead letters back to their source topic.
+    Replay(DlqReplayArgs),
+}
+
+/// `weir dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Only this partition of the dead-letter topic.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<i32>,
+    /// First offset (default: the last --limit).
+    #[arg(long, value_name = "OFFSET")]
+    pub from: Option<i64>,
+    /// Last offset, inclusive.
+    #[arg(long, value_name = "OFFSET")]
+    pub to: Option<i64>,
+    /// How many of the latest to list per partition when --from is absent.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: i64,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `weir dlq replay`.
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// Partition of the dead-letter topic.
+    #[arg(long, value_name = "P")]
+    pub partition: i32,
+    /// First offset to replay.
+    #[arg(long, value_name = "OFFSET")]
+    pub from: i64,
+    /// Last offset to replay, inclusive.
+    #[arg(long, value_name = "OFFSET")]
+    pub to: i64,
+    /// Show what would be replayed; produce nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of a consumer member.

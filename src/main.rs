@@ -3,6 +3,8 @@
 
 mod cli;
 mod config;
+mod dlq;
+mod gen;
 mod roles;
 mod telemetry;
 mod topics;
@@ -10,7 +12,7 @@ mod topics;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, ConsumeCommand, TopicsCommand};
+use cli::{Cli, Command, ConsumeCommand, DlqCommand, GenCommand, TopicsCommand};
 use config::{Config, ConfigError};
 
 fn main() -> ExitCode {
@@ -93,7 +95,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.agent.max_reports = c;
             }
         }
-        Command::Consume(ConsumeCommand::Health(a)) => {
+        Command::Consume(ConsumeCommand::Health(a) | ConsumeCommand::Access(a)) => {
             if let Some(g) = &a.group {
                 cfg.consumer.group = g.clone();
             }
@@ -103,7 +105,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.center.addr = addr.clone();
             }
         }
-        Command::Topics(_) | Command::Config => {}
+        Command::Topics(_) | Command::Config | Command::Gen(_) | Command::Dlq(_) => {}
     }
     cfg.validate()?;
     Ok(cfg)
@@ -112,7 +114,10 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let shutdown = telemetry::shutdown_on_signals();
     let handle = telemetry::init_metrics()?;
-    let needs_metrics = !matches!(cli.command, Command::Topics(_) | Command::Config);
+    let needs_metrics = !matches!(
+        cli.command,
+        Command::Topics(_) | Command::Config | Command::Dlq(_)
+    );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
             telemetry::spawn_metrics_server(l, handle, shutdown.clone());
@@ -135,6 +140,84 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Consume(ConsumeCommand::Health(_)) => {
             let r = roles::consume_health(&cfg, shutdown).await?;
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Consume(ConsumeCommand::Access(_)) => {
+            let r = roles::consume_access(&cfg, shutdown).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Gen(GenCommand::Access(a)) => {
+            let start = match &a.start {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| ConfigError {
+                        key: "--start".into(),
+                        message: format!("{t:?} is not an RFC 3339 time: {e}"),
+                    })?,
+                None => weir_consumers::access::minute_of(chrono::Utc::now()),
+            };
+            let spec = gen::GenSpec {
+                count: a.count,
+                nodes: a.nodes,
+                objects: a.objects,
+                seed: a.seed,
+                rate: a.rate,
+                start,
+                span: a.span,
+                poison_every: a.poison_every,
+            };
+            let producer =
+                std::sync::Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
+            let totals = gen::run(spec, &cfg.topics.access, producer.clone(), shutdown).await?;
+            let p = producer.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || p.flush(std::time::Duration::from_secs(30)))
+                    .await;
+            println!("{}", serde_json::to_string(&totals)?);
+            if totals.failed > 0 {
+                anyhow::bail!("{} records were not acknowledged by Kafka", totals.failed);
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List(a)) => {
+            let (kafka, topic) = (cfg.kafka.clone(), cfg.topics.dlq.clone());
+            let letters = tokio::task::spawn_blocking(move || {
+                dlq::read(&kafka, &topic, a.partition, a.from, a.to, a.limit.max(1))
+            })
+            .await??;
+            if a.json {
+                for d in &letters {
+                    println!("{}", serde_json::to_string(d)?);
+                }
+            } else {
+                dlq::print_table(&letters);
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Replay(a)) => {
+            if a.to < a.from {
+                return Err(ConfigError {
+                    key: "--to".into(),
+                    message: "must not be below --from".into(),
+                }
+                .into());
+            }
+            let (kafka, topic) = (cfg.kafka.clone(), cfg.topics.dlq.clone());
+            let letters = tokio::task::spawn_blocking(move || {
+                dlq::read(
+                    &kafka,
+                    &topic,
+                    Some(a.partition),
+                    Some(a.from),
+                    Some(a.to),
+                    1,
+                )
+            })
+            .await??;
+            let producer = weir_producers::EventProducer::new(&cfg.kafka, "replay")?;
+            let report = dlq::replay(&producer, &letters, &cfg.topics.dlq, a.dry_run).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Center(_) => {

@@ -9,7 +9,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-use weir_consumers::{GroupRuntime, HealthAggregator, RedisHandle, RunReport, MIGRATOR};
+use weir_consumers::{
+    AccessAggregator, Aggregator, GroupRuntime, HealthAggregator, RedisHandle, RunReport, MIGRATOR,
+};
 use weir_edge::center::{serve, CenterState};
 use weir_producers::{run_agent, AgentReport, EventProducer};
 
@@ -62,27 +64,50 @@ pub async fn agent(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(report)
 }
 
+/// One member of a consumer group running `aggregator` on `topic`.
+async fn consume<A: Aggregator>(
+    cfg: &Config,
+    topic: &str,
+    aggregator: A,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunReport> {
+    let pool = pool(cfg)?;
+    migrate(&pool, &shutdown).await?;
+    let dlq = EventProducer::new(&cfg.kafka, "dlq").context("creating the dead-letter producer")?;
+    let runtime = GroupRuntime::new(
+        cfg.consumer.clone(),
+        cfg.kafka.clone(),
+        topic.to_string(),
+        cfg.topics.dlq.clone(),
+        pool,
+        Arc::new(aggregator),
+        dlq.clone(),
+    );
+    let role = runtime.group().to_string();
+    let report = runtime
+        .run(shutdown)
+        .await
+        .with_context(|| format!("consumer group {role}"))?;
+    let _ = tokio::task::spawn_blocking(move || dlq.flush(PRODUCER_DRAIN)).await;
+    Ok(report)
+}
+
 /// `weir consume health`: one member of the health group.
 pub async fn consume_health(
     cfg: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunReport> {
-    let pool = pool(cfg)?;
-    migrate(&pool, &shutdown).await?;
-    let aggregator = Arc::new(HealthAggregator::new(redis(cfg)?, cfg.redis.keys()));
-    let dlq = EventProducer::new(&cfg.kafka, "dlq").context("creating the dead-letter producer")?;
-    let runtime = GroupRuntime::new(
-        cfg.consumer.clone(),
-        cfg.kafka.clone(),
-        cfg.topics.health.clone(),
-        cfg.topics.dlq.clone(),
-        pool,
-        aggregator,
-        dlq.clone(),
-    );
-    let report = runtime.run(shutdown).await.context("health consumer")?;
-    let _ = tokio::task::spawn_blocking(move || dlq.flush(PRODUCER_DRAIN)).await;
-    Ok(report)
+    let aggregator = HealthAggregator::new(redis(cfg)?, cfg.redis.keys());
+    consume(cfg, &cfg.topics.health, aggregator, shutdown).await
+}
+
+/// `weir consume access`: one member of the access group.
+pub async fn consume_access(
+    cfg: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunReport> {
+    let aggregator = AccessAggregator::new(redis(cfg)?, cfg.redis.keys());
+    consume(cfg, &cfg.topics.access, aggregator, shutdown).await
 }
 
 /// Binds the center's address.

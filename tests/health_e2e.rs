@@ -18,8 +18,6 @@ fn weir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weir"))
 }
 
-/// Environment pointing a `weir` process at this test's topics, database
-/// and Redis prefix.
 fn env(
     topics: &TestTopics,
     db: &TestDb,
@@ -27,19 +25,7 @@ fn env(
     prefix: &str,
     group: &str,
 ) -> Vec<(String, String)> {
-    let mut e = topics.env();
-    e.extend([
-        ("WEIR_KAFKA_BROKERS".into(), stack().kafka),
-        ("WEIR_DATABASE_URL".into(), db.url.clone()),
-        ("WEIR_REDIS_URL".into(), redis_url.to_string()),
-        ("WEIR_REDIS_KEY_PREFIX".into(), prefix.to_string()),
-        ("WEIR_CONSUMER_GROUP".into(), group.to_string()),
-        ("WEIR_CONSUMER_SESSION_TIMEOUT".into(), "6s".into()),
-        ("WEIR_CONSUMER_BATCH_MAX_WAIT".into(), "50ms".into()),
-        ("WEIR_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ]);
-    e
+    weir_testkit::weir_env(&stack().kafka, topics, &db.url, redis_url, prefix, group)
 }
 
 fn with(mut base: Vec<(String, String)>, extra: &[(&str, String)]) -> Vec<(String, String)> {

@@ -22,10 +22,12 @@ exactly N after every member stopped (no loss, no duplicate effect).
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 TCK = os.sysconf("SC_CLK_TCK")
 
@@ -101,6 +103,27 @@ def status_kb(pid, key):
     except FileNotFoundError:
         pass
     return 0
+
+
+def batch_seconds(logfile):
+    """Sum and count of weir_consumer_batch_seconds (time inside
+    apply_with_retry: the PostgreSQL transaction and its retries) from the
+    member's /metrics, whose ephemeral address the member logged."""
+    try:
+        with open(logfile) as f:
+            m = re.search(r"metrics listening addr=(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", f.read()))
+        if not m:
+            return None
+        with urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        for k in ("sum", "count"):
+            if line.startswith(f"weir_consumer_batch_seconds_{k}"):
+                out[k] = out.get(k, 0) + float(line.rsplit(" ", 1)[1])
+    return out or None
 
 
 class Psql:
@@ -226,6 +249,8 @@ def main():
             for name, t in thread_ticks(p.pid).values():
                 threads[name] = threads.get(name, 0) + t / TCK
         res["member_hwm_kb"] = [status_kb(p.pid, "VmHWM") for p in procs]
+        res["member_tx_seconds"] = [batch_seconds(f"{a.logdir}/member{i + 1}.log")
+                                    for i in range(len(procs))]
         res["member_threads"] = [status_kb(p.pid, "Threads") for p in procs]
         for k in c0:
             cpu[k] = (c1[k] - c0[k]) / TCK

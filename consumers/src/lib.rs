@@ -8,10 +8,12 @@
 //! and lag monitors only.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod health;
 pub mod runtime;
 pub mod stores;
 
+pub use access::AccessAggregator;
 pub use health::{HealthAggregator, NodeUptime, UptimeQuery};
 pub use runtime::{
     Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport, RuntimeError, StoreError,

@@ -173,6 +173,57 @@ pub struct RunReport {
     /// Attempts that failed because a store (or the dead-letter topic) was
     /// down; each was retried.
     pub store_errors: u64,
+    /// Seconds from the first record to the last commit.
+    pub busy_secs: f64,
+    /// Records (applied + dead-lettered) per second over `busy_secs`.
+    pub rate_per_sec: f64,
+}
+
+/// Logs progress every few seconds while records flow, so an operator
+/// watching a backlog drain sees its rate.
+struct Progress {
+    first: Option<Instant>,
+    last_log: Instant,
+    logged_records: u64,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Progress {
+            first: None,
+            last_log: Instant::now(),
+            logged_records: 0,
+        }
+    }
+
+    /// The first record of a batch arrived.
+    fn on_batch_start(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+    }
+
+    fn on_commit(&mut self, group: &str, report: &mut RunReport) {
+        let now = Instant::now();
+        let first = *self.first.get_or_insert(now);
+        let done = report.applied + report.dead_lettered;
+        report.busy_secs = now.duration_since(first).as_secs_f64();
+        if report.busy_secs > 0.0 {
+            report.rate_per_sec = done as f64 / report.busy_secs;
+        }
+        if now.duration_since(self.last_log) >= Self::EVERY {
+            let window = now.duration_since(self.last_log).as_secs_f64();
+            let rate = (done - self.logged_records) as f64 / window;
+            info!(
+                group,
+                records = done,
+                rate_per_sec = rate.round(),
+                "progress"
+            );
+            self.last_log = now;
+            self.logged_records = done;
+        }
+    }
 }
 
 /// Rebalance notifications, collected in librdkafka's callback (which runs
@@ -395,6 +446,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         info!(group = %self.group, topic = %self.topic, "consumer started");
         let mut owned: HashMap<i32, PartitionState> = HashMap::new();
         let mut report = RunReport::default();
+        let mut progress = Progress::new();
 
         'outer: while !shutdown.is_cancelled() {
             let mut batch: Batch<A::Event> = Batch::new();
@@ -404,6 +456,7 @@ impl<A: Aggregator> GroupRuntime<A> {
                 _ = shutdown.cancelled() => break 'outer,
                 m = consumer.recv() => m,
             };
+            progress.on_batch_start();
             self.take(&consumer, first, &mut owned, &mut batch, &mut report)
                 .await;
             let deadline = tokio::time::Instant::now() + self.cfg.batch_max_wait;
@@ -436,6 +489,7 @@ impl<A: Aggregator> GroupRuntime<A> {
                 stopping,
             )
             .await;
+            progress.on_commit(&self.group, &mut report);
         }
         info!(group = %self.group, applied = report.applied, dead_lettered = report.dead_lettered,
               skipped = report.skipped, batches = report.batches, "consumer stopping");

@@ -97,6 +97,17 @@ impl RedisKeys {
         format!("{}:nodes", self.prefix)
     }
 
+    /// Sorted set of object keys by requests in one minute (unix seconds of
+    /// the minute's start).
+    pub fn top_objects(&self, minute: i64) -> String {
+        format!("{}:top:{minute}", self.prefix)
+    }
+
+    /// Hash of second (unix) → requests served by a node.
+    pub fn node_rps(&self, node_id: &str) -> String {
+        format!("{}:rps:{node_id}", self.prefix)
+    }
+
     /// Pub/sub channel carrying every health change as JSON.
     pub fn health_channel(&self) -> String {
         format!("{}:health:changes", self.prefix)

@@ -397,8 +397,8 @@ pub struct PrivateService {
 }
 
 impl PrivateService {
-    /// Starts `kind` (`redis` or `postgres`) on a free port and waits until it
-    /// answers.
+    /// Starts `kind` (`redis`, `postgres`, `kafka` or `s3`) on a free port
+    /// and waits until it answers.
     pub fn start(kind: &'static str) -> PrivateService {
         let dir = std::env::temp_dir().join(unique(&format!("weir-{kind}")));
         let mut s = PrivateService {
@@ -416,6 +416,7 @@ impl PrivateService {
         match self.kind {
             "redis" => format!("redis://127.0.0.1:{}/", self.port),
             "postgres" => format!("postgres://weir:weir@127.0.0.1:{}/weir", self.port),
+            "kafka" => format!("127.0.0.1:{}", self.port),
             other => format!("{other}://127.0.0.1:{}", self.port),
         }
     }
@@ -637,4 +638,39 @@ pub fn init_logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// Environment pointing a `weir` process at a test's topics, database,
+/// Redis prefix and group, with metrics on an ephemeral port.
+pub fn weir_env(
+    kafka: &str,
+    topics: &TestTopics,
+    db_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    group: &str,
+) -> Vec<(String, String)> {
+    let mut e = topics.env();
+    e.extend([
+        ("WEIR_KAFKA_BROKERS".into(), kafka.to_string()),
+        ("WEIR_DATABASE_URL".into(), db_url.to_string()),
+        ("WEIR_REDIS_URL".into(), redis_url.to_string()),
+        ("WEIR_REDIS_KEY_PREFIX".into(), prefix.to_string()),
+        ("WEIR_CONSUMER_GROUP".into(), group.to_string()),
+        ("WEIR_CONSUMER_SESSION_TIMEOUT".into(), "6s".into()),
+        ("WEIR_CONSUMER_BATCH_MAX_WAIT".into(), "50ms".into()),
+        ("WEIR_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ]);
+    e
+}
+
+/// The last line of a process's output that parses as a JSON object (the
+/// report `weir` prints at exit).
+pub fn last_json(output: &str) -> Option<serde_json::Value> {
+    output.lines().rev().find_map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .filter(|v| v.is_object())
+    })
 }

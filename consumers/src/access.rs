@@ -1,0 +1,288 @@
+//! The access aggregator (`weir consume access`): per-minute rollups per node
+//! and object in PostgreSQL (exactly-once effect through the runtime), and hot
+//! counters in Redis (best effort, see docs/delivery.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sqlx::PgConnection;
+use weir_schemas::{AccessEvent, CacheOutcome};
+
+use crate::runtime::{Aggregator, Record, StoreError};
+use crate::stores::{RedisHandle, RedisKeys};
+
+/// Hot counters live this long in Redis: long enough for dashboards, short
+/// enough that Redis does not become the archive.
+const TOP_TTL_SECS: i64 = 2 * 3600;
+const RPS_TTL_SECS: i64 = 300;
+
+/// Identity of one rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RollupKey {
+    /// Start of the minute.
+    pub minute: DateTime<Utc>,
+    /// Edge node.
+    pub node_id: String,
+    /// Object key.
+    pub object_key: String,
+}
+
+/// Sums of one minute × node × object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollup {
+    /// Requests (one per event).
+    pub requests: i64,
+    /// Body bytes sent.
+    pub bytes: i64,
+    /// Served from cache (hit, revalidated).
+    pub hits: i64,
+    /// Needed the origin (miss, stream, coalesced).
+    pub misses: i64,
+    /// Served stale because the origin failed.
+    pub stale: i64,
+    /// Status classes.
+    pub status: [i64; 4],
+    /// Sum of total latency, µs.
+    pub latency_sum_us: i64,
+    /// Largest total latency, µs.
+    pub latency_max_us: i64,
+}
+
+impl Rollup {
+    /// Adds one event.
+    pub fn add(&mut self, ev: &AccessEvent) {
+        self.requests += 1;
+        self.bytes += ev.bytes_sent.min(i64::MAX as u64) as i64;
+        match ev.cache {
+            CacheOutcome::Hit | CacheOutcome::Revalidated => self.hits += 1,
+            CacheOutcome::Miss | CacheOutcome::Stream | CacheOutcome::Coalesced => self.misses += 1,
+            CacheOutcome::Stale => self.stale += 1,
+            CacheOutcome::Bypass => {}
+        }
+        if let Some(slot) = (ev.status / 100)
+            .checked_sub(2)
+            .and_then(|c| self.status.get_mut(c as usize))
+        {
+            *slot += 1;
+        }
+        let lat = ev.total_latency_us.min(i64::MAX as u64) as i64;
+        self.latency_sum_us += lat;
+        self.latency_max_us = self.latency_max_us.max(lat);
+    }
+}
+
+/// The minute an event belongs to.
+pub fn minute_of(ts: DateTime<Utc>) -> DateTime<Utc> {
+    ts.duration_trunc(TimeDelta::minutes(1)).unwrap_or(ts)
+}
+
+/// Pre-aggregates a batch: one upsert statement may not touch the same
+/// conflict key twice, and fewer rows is the point of rolling up.
+pub fn rollup<'a>(events: impl IntoIterator<Item = &'a AccessEvent>) -> HashMap<RollupKey, Rollup> {
+    let mut out: HashMap<RollupKey, Rollup> = HashMap::new();
+    for ev in events {
+        let key = RollupKey {
+            minute: minute_of(ev.ts),
+            node_id: ev.node_id.clone(),
+            object_key: ev.object_key.clone(),
+        };
+        out.entry(key).or_default().add(ev);
+    }
+    out
+}
+
+/// Writes access events into rollups and hot counters.
+pub struct AccessAggregator {
+    redis: Arc<RedisHandle>,
+    keys: RedisKeys,
+}
+
+impl AccessAggregator {
+    /// An aggregator writing hot counters under `keys`.
+    pub fn new(redis: Arc<RedisHandle>, keys: RedisKeys) -> Self {
+        AccessAggregator { redis, keys }
+    }
+}
+
+impl Aggregator for AccessAggregator {
+    type Event = AccessEvent;
+
+    fn role(&self) -> &'static str {
+        "access"
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Record<AccessEvent>],
+    ) -> Result<(), StoreError> {
+        let rows = rollup(batch.iter().map(|r| &r.event));
+        let n = rows.len();
+        let mut minute = Vec::with_capacity(n);
+        let mut node = Vec::with_capacity(n);
+        let mut object = Vec::with_capacity(n);
+        let mut cols: [Vec<i64>; 11] = Default::default();
+        for (k, r) in rows {
+            minute.push(k.minute);
+            node.push(k.node_id);
+            object.push(k.object_key);
+            let vals = [
+                r.requests,
+                r.bytes,
+                r.hits,
+                r.misses,
+                r.stale,
+                r.status[0],
+                r.status[1],
+                r.status[2],
+                r.status[3],
+                r.latency_sum_us,
+                r.latency_max_us,
+            ];
+            for (c, v) in cols.iter_mut().zip(vals) {
+                c.push(v);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO access_minute (minute, node_id, object_key, requests, bytes, hits, misses, stale, \
+               status_2xx, status_3xx, status_4xx, status_5xx, latency_sum_us, latency_max_us) \
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+               $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[]) \
+             ON CONFLICT (minute, node_id, object_key) DO UPDATE SET \
+               requests = access_minute.requests + EXCLUDED.requests, \
+               bytes = access_minute.bytes + EXCLUDED.bytes, \
+               hits = access_minute.hits + EXCLUDED.hits, \
+               misses = access_minute.misses + EXCLUDED.misses, \
+               stale = access_minute.stale + EXCLUDED.stale, \
+               status_2xx = access_minute.status_2xx + EXCLUDED.status_2xx, \
+               status_3xx = access_minute.status_3xx + EXCLUDED.status_3xx, \
+               status_4xx = access_minute.status_4xx + EXCLUDED.status_4xx, \
+               status_5xx = access_minute.status_5xx + EXCLUDED.status_5xx, \
+               latency_sum_us = access_minute.latency_sum_us + EXCLUDED.latency_sum_us, \
+               latency_max_us = GREATEST(access_minute.latency_max_us, EXCLUDED.latency_max_us)",
+        )
+        .bind(&minute)
+        .bind(&node)
+        .bind(&object)
+        .bind(&cols[0])
+        .bind(&cols[1])
+        .bind(&cols[2])
+        .bind(&cols[3])
+        .bind(&cols[4])
+        .bind(&cols[5])
+        .bind(&cols[6])
+        .bind(&cols[7])
+        .bind(&cols[8])
+        .bind(&cols[9])
+        .bind(&cols[10])
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, batch: &[Record<AccessEvent>]) -> Result<(), StoreError> {
+        // Top objects per minute, and requests per node per second.
+        let mut top: HashMap<(i64, &str), i64> = HashMap::new();
+        let mut rps: HashMap<(&str, i64), i64> = HashMap::new();
+        for r in batch {
+            let ev = &r.event;
+            *top.entry((minute_of(ev.ts).timestamp(), ev.object_key.as_str()))
+                .or_default() += 1;
+            *rps.entry((ev.node_id.as_str(), ev.ts.timestamp()))
+                .or_default() += 1;
+        }
+        let mut pipe = redis::pipe();
+        // MULTI/EXEC: a reader never sees half a batch's counters.
+        pipe.atomic();
+        let mut minutes: Vec<i64> = Vec::new();
+        for ((minute, key), n) in top {
+            pipe.cmd("ZINCRBY")
+                .arg(self.keys.top_objects(minute))
+                .arg(n)
+                .arg(key)
+                .ignore();
+            if !minutes.contains(&minute) {
+                minutes.push(minute);
+            }
+        }
+        for m in minutes {
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.top_objects(m))
+                .arg(TOP_TTL_SECS)
+                .ignore();
+        }
+        for ((node, second), n) in rps {
+            let key = self.keys.node_rps(node);
+            pipe.cmd("HINCRBY").arg(&key).arg(second).arg(n).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(RPS_TTL_SECS).ignore();
+        }
+        let mut conn = self.redis.conn().await?;
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(
+        node: &str,
+        key: &str,
+        secs: i64,
+        status: u16,
+        cache: CacheOutcome,
+        bytes: u64,
+        lat: u64,
+    ) -> AccessEvent {
+        let mut e = AccessEvent::example(
+            node,
+            1,
+            DateTime::from_timestamp(1_790_000_000 + secs, 0).unwrap_or_default(),
+        );
+        e.object_key = key.into();
+        e.status = status;
+        e.cache = cache;
+        e.bytes_sent = bytes;
+        e.total_latency_us = lat;
+        e
+    }
+
+    #[test]
+    fn rolls_up_per_minute_node_and_object() {
+        // 1_790_000_000 is 20 s past a minute boundary.
+        let evs = [
+            ev("n1", "a", 0, 200, CacheOutcome::Hit, 100, 10),
+            ev("n1", "a", 30, 206, CacheOutcome::Miss, 50, 40),
+            ev("n1", "a", 45, 404, CacheOutcome::Bypass, 0, 5),
+            ev("n1", "b", 1, 503, CacheOutcome::Stale, 7, 1),
+            ev("n2", "a", 2, 304, CacheOutcome::Revalidated, 0, 3),
+        ];
+        let r = rollup(evs.iter());
+        assert_eq!(r.len(), 4);
+        let t0 = minute_of(evs[0].ts);
+        let a1 = &r[&RollupKey {
+            minute: t0,
+            node_id: "n1".into(),
+            object_key: "a".into(),
+        }];
+        assert_eq!((a1.requests, a1.bytes, a1.hits, a1.misses), (2, 150, 1, 1));
+        assert_eq!(a1.status, [2, 0, 0, 0]);
+        assert_eq!((a1.latency_sum_us, a1.latency_max_us), (50, 40));
+        let next = &r[&RollupKey {
+            minute: t0 + TimeDelta::minutes(1),
+            node_id: "n1".into(),
+            object_key: "a".into(),
+        }];
+        assert_eq!((next.requests, next.status), (1, [0, 0, 1, 0]));
+        let b = &r[&RollupKey {
+            minute: t0,
+            node_id: "n1".into(),
+            object_key: "b".into(),
+        }];
+        assert_eq!((b.stale, b.status), (1, [0, 0, 0, 1]));
+        let totals: i64 = r.values().map(|x| x.requests).sum();
+        assert_eq!(totals, 5);
+    }
+}

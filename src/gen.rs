@@ -1,0 +1,344 @@
+//! `weir gen access`: synthetic access events with known totals.
+//!
+//! Deterministic for a seed (a small SplitMix64 generator, so the same
+//! command always produces the same events), with a skewed (Zipf-like)
+//! object popularity, realistic object sizes, statuses and cache outcomes.
+//! It prints the totals it produced — overall and per minute — so anyone can
+//! check the rollups against them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use weir_consumers::access::minute_of;
+use weir_producers::{EventProducer, PendingDelivery, ProduceError};
+use weir_schemas::{AccessEvent, CacheOutcome, Event};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenSpec {
+    /// Events to produce.
+    pub count: u64,
+    /// Distinct edge nodes.
+    pub nodes: u32,
+    /// Distinct objects.
+    pub objects: u32,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Events per second (None: as fast as Kafka takes them).
+    pub rate: Option<u64>,
+    /// Time of the first event.
+    pub start: DateTime<Utc>,
+    /// Events are spread evenly over this span of event time.
+    pub span: Duration,
+    /// Every Nth record is a poison record (not JSON) instead of an event.
+    pub poison_every: Option<u64>,
+}
+
+/// Per-minute totals.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MinuteTotals {
+    /// Requests (events) in the minute.
+    pub requests: u64,
+    /// Bytes sent in the minute.
+    pub bytes: u64,
+}
+
+/// What was produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GenTotals {
+    /// Topic written.
+    pub topic: String,
+    /// Valid events produced (and acknowledged).
+    pub events: u64,
+    /// Requests they represent (one per event).
+    pub requests: u64,
+    /// Sum of `bytes_sent`.
+    pub bytes: u64,
+    /// Poison records produced besides the events.
+    pub poison: u64,
+    /// Records Kafka did not acknowledge (must be 0).
+    pub failed: u64,
+    /// Totals per minute (RFC 3339 start of minute).
+    pub per_minute: BTreeMap<String, MinuteTotals>,
+    /// Wall time.
+    pub elapsed_secs: f64,
+    /// Records per second produced.
+    pub rate_per_sec: f64,
+}
+
+/// SplitMix64: tiny, fast, and good enough for synthetic traffic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+/// Object popularity: P(object i) ∝ 1 / (i + 1)^1.1, as CDN traffic is.
+struct Popularity {
+    cdf: Vec<f64>,
+}
+
+impl Popularity {
+    fn new(objects: u32) -> Self {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..objects.max(1))
+            .map(|i| {
+                acc += 1.0 / f64::from(i + 1).powf(1.1);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Popularity { cdf }
+    }
+
+    fn pick(&self, u: f64) -> usize {
+        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// Size of an object: log-uniform between 1 KiB and 256 MiB, fixed per object.
+fn object_size(seed: u64, object: usize) -> u64 {
+    let mut r = Rng(seed ^ (object as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let exp = 10.0 + r.unit() * 18.0;
+    2f64.powf(exp) as u64
+}
+
+/// The `i`th event of a spec; with the generator in the same state, the
+/// same event (so a seed reproduces a run).
+fn event_at(spec: &GenSpec, pop: &Popularity, i: u64, rng: &mut Rng) -> AccessEvent {
+    let span_ms = spec.span.as_millis().max(1) as f64;
+    let offset_ms = (span_ms * i as f64 / spec.count.max(1) as f64) as i64;
+    let ts = spec.start + TimeDelta::milliseconds(offset_ms);
+    let object = pop.pick(rng.unit());
+    let size = object_size(spec.seed, object);
+    let node = rng.range(0, u64::from(spec.nodes.max(1)));
+    let (cache, origin_us) = match rng.range(0, 100) {
+        0..=79 => (CacheOutcome::Hit, 0),
+        80..=91 => (CacheOutcome::Miss, rng.range(20_000, 200_000)),
+        92..=95 => (CacheOutcome::Stream, rng.range(20_000, 200_000)),
+        96..=97 => (CacheOutcome::Coalesced, rng.range(20_000, 200_000)),
+        98 => (CacheOutcome::Stale, 0),
+        _ => (CacheOutcome::Revalidated, rng.range(5_000, 50_000)),
+    };
+    let roll = rng.range(0, 100);
+    let (status, range, bytes_sent, object_size) = match roll {
+        0..=69 => (200, None, size, Some(size)),
+        70..=89 => {
+            let start = rng.range(0, size);
+            let len = (size - start).min(1 << 20);
+            (
+                206,
+                Some(format!("bytes={start}-{}", start + len - 1)),
+                len,
+                Some(size),
+            )
+        }
+        90..=94 => (304, None, 0, Some(size)),
+        95..=98 => (404, None, 0, None),
+        _ => (503, None, 0, Some(size)),
+    };
+    let total_us = origin_us + rng.range(200, 2_000) + bytes_sent / 1_000;
+    AccessEvent {
+        schema_version: AccessEvent::SCHEMA_VERSION,
+        ts,
+        node_id: format!("edge-{node:03}"),
+        source_id: format!("gen-{}", spec.seed),
+        seq: i + 1,
+        request_id: format!("{:016x}", rng.next()),
+        method: if rng.range(0, 20) == 0 {
+            "HEAD".into()
+        } else {
+            "GET".into()
+        },
+        object_key: format!("videos/object-{object:05}.mp4"),
+        range,
+        status,
+        bytes_sent,
+        object_size,
+        cache,
+        origin_latency_us: origin_us,
+        total_latency_us: total_us,
+        client_addr: format!("198.51.100.{}", rng.range(1, 255)),
+    }
+}
+
+/// Produces the events and returns the totals Kafka acknowledged.
+pub async fn run(
+    spec: GenSpec,
+    topic: &str,
+    producer: Arc<EventProducer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<GenTotals> {
+    let pop = Popularity::new(spec.objects);
+    let mut rng = Rng(spec.seed);
+    let mut totals = GenTotals {
+        topic: topic.to_string(),
+        ..GenTotals::default()
+    };
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<(PendingDelivery, Option<(String, u64)>)>(65_536);
+    let collector = tokio::spawn(async move {
+        let mut acked: BTreeMap<String, MinuteTotals> = BTreeMap::new();
+        let (mut events, mut bytes, mut poison, mut failed) = (0u64, 0u64, 0u64, 0u64);
+        while let Some((d, meta)) = rx.recv().await {
+            match (d.await, meta) {
+                (Ok(_), Some((minute, b))) => {
+                    events += 1;
+                    bytes += b;
+                    let m = acked.entry(minute).or_default();
+                    m.requests += 1;
+                    m.bytes += b;
+                }
+                (Ok(_), None) => poison += 1,
+                (Err(e), _) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "record not delivered");
+                }
+            }
+        }
+        (acked, events, bytes, poison, failed)
+    });
+    let per_tick = spec.rate.map(|r| (r / 100).max(1));
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut i = 0u64;
+    'outer: while i < spec.count {
+        if let Some(n) = per_tick {
+            ticker.tick().await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            for _ in 0..n {
+                if i >= spec.count
+                    || !produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tx).await?
+                {
+                    break 'outer;
+                }
+            }
+        } else {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if !produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tx).await? {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (per_minute, events, bytes, poison, failed) =
+        collector.await.context("delivery collector")?;
+    totals.per_minute = per_minute;
+    totals.events = events;
+    totals.requests = events;
+    totals.bytes = bytes;
+    totals.poison = poison;
+    totals.failed = failed;
+    totals.elapsed_secs = started.elapsed().as_secs_f64();
+    totals.rate_per_sec = (events + poison) as f64 / totals.elapsed_secs.max(1e-9);
+    Ok(totals)
+}
+
+/// Queues record `*i` (an event or a poison record), waiting while the
+/// producer queue is full: the generator never drops what it counts.
+async fn produce_one(
+    spec: &GenSpec,
+    pop: &Popularity,
+    rng: &mut Rng,
+    i: &mut u64,
+    topic: &str,
+    producer: &EventProducer,
+    tx: &mpsc::Sender<(PendingDelivery, Option<(String, u64)>)>,
+) -> anyhow::Result<bool> {
+    let poison = spec
+        .poison_every
+        .is_some_and(|n| n > 0 && (*i + 1) % n == 0);
+    let (payload, key, meta) = if poison {
+        (
+            format!("poison record {i}: not JSON").into_bytes(),
+            format!("poison-{i}"),
+            None,
+        )
+    } else {
+        let ev = event_at(spec, pop, *i, rng);
+        let bytes = weir_schemas::encode(&ev)
+            .map_err(|e| anyhow::anyhow!("generated an invalid event: {e}"))?;
+        let minute = minute_of(ev.ts).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        (bytes, ev.node_id.clone(), Some((minute, ev.bytes_sent)))
+    };
+    loop {
+        match producer.enqueue_raw(topic, Some(&key), &payload, None, "access") {
+            Ok(d) => {
+                *i += 1;
+                return Ok(tx.send((d, meta)).await.is_ok());
+            }
+            Err(ProduceError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => return Err(e).context("producing a generated record"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GenSpec {
+        GenSpec {
+            count: 10_000,
+            nodes: 8,
+            objects: 1000,
+            seed: 42,
+            rate: None,
+            start: DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default(),
+            span: Duration::from_secs(600),
+            poison_every: None,
+        }
+    }
+
+    #[test]
+    fn deterministic_valid_and_skewed() {
+        let s = spec();
+        let pop = Popularity::new(s.objects);
+        let (mut a, mut b) = (Rng(s.seed), Rng(s.seed));
+        let mut counts = vec![0u32; s.objects as usize];
+        for i in 0..s.count {
+            let x = event_at(&s, &pop, i, &mut a);
+            let y = event_at(&s, &pop, i, &mut b);
+            assert_eq!(x, y, "same seed, same event");
+            x.validate().expect("valid event");
+            let n: usize = x.object_key[14..19].parse().expect("object index");
+            counts[n] += 1;
+        }
+        // Zipf-like: the most popular object gets far more than the median.
+        let mut sorted = counts.clone();
+        sorted.sort_unstable();
+        assert!(
+            counts[0] > 20 * sorted[sorted.len() / 2].max(1),
+            "top {} median {}",
+            counts[0],
+            sorted[sorted.len() / 2]
+        );
+    }
+}
