@@ -169,6 +169,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             };
             let producer =
                 std::sync::Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
+            roles::require_topic(&producer, &cfg.topics.access, "topics.access").await?;
             let totals = gen::run(spec, &cfg.topics.access, producer.clone(), shutdown).await?;
             let p = producer.clone();
             let _ =

@@ -50,9 +50,30 @@ pub async fn migrate(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Res
     }
 }
 
+/// Fails when `topic` is known not to exist; if Kafka cannot be reached yet,
+/// goes on (the producer buffers and retries).
+pub async fn require_topic(
+    producer: &Arc<EventProducer>,
+    topic: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let (p, t) = (producer.clone(), topic.to_string());
+    match tokio::task::spawn_blocking(move || p.topic_exists(&t, Duration::from_secs(10))).await? {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!(
+            "topic {topic} ({key}) does not exist: create it with `weir topics ensure`"
+        ),
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "cannot check the topic yet; records are buffered until Kafka answers");
+            Ok(())
+        }
+    }
+}
+
 /// `weir agent`.
 pub async fn agent(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<AgentReport> {
     let producer = producer(cfg, "agent")?;
+    require_topic(&producer, &cfg.topics.health, "topics.health").await?;
     let report = run_agent(
         cfg.agent.clone(),
         cfg.topics.health.clone(),

@@ -498,3 +498,24 @@ async fn center_answers_503_while_redis_is_down_and_recovers() {
     )
     .await;
 }
+
+#[test]
+fn agent_refuses_a_missing_topic_with_one_clear_line() {
+    let s = stack();
+    s.require_kafka();
+    let topic = unique("missing");
+    let (code, stderr) = run_weir(
+        &["agent", "--count", "1"],
+        &[
+            ("WEIR_KAFKA_BROKERS", &s.kafka),
+            ("WEIR_TOPICS_HEALTH", &topic),
+            ("WEIR_METRICS_ADDR", "127.0.0.1:0"),
+            ("RUST_LOG", "off"),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&topic) && stderr.contains("weir topics ensure"),
+        "{stderr}"
+    );
+}

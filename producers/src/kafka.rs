@@ -4,11 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use weir_schemas::{encode, Event};
 
 /// How to reach Kafka, shared by every role.
@@ -113,18 +118,71 @@ pub struct Delivery {
     pub offset: i64,
 }
 
+/// Completes each record's delivery future from librdkafka's delivery
+/// report.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<Delivery, KafkaError>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+        let out = match result {
+            Ok(m) => Ok(Delivery {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(e.clone()),
+        };
+        let _ = tx.send(out);
+    }
+}
+
+/// Stops the polling thread when the last producer handle is dropped.
+struct Shared {
+    producer: Arc<BaseProducer<DeliveryContext>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The producer every Weir role shares. Cheap to clone.
+///
+/// Built on librdkafka's base producer with its own polling thread, which
+/// waits up to a second for delivery reports. (rdkafka's `FutureProducer`
+/// polls every 100 ms and spins through the last sub-millisecond of each
+/// wait, which cost the agent about 1 % of a core doing nothing.)
 #[derive(Clone)]
 pub struct EventProducer {
-    inner: FutureProducer,
+    shared: Arc<Shared>,
 }
 
 impl EventProducer {
     /// Builds a producer; fails only on invalid settings (Kafka itself is
     /// reached lazily and retried).
     pub fn new(cfg: &KafkaConfig, role: &str) -> Result<Self, ProduceError> {
-        let inner: FutureProducer = cfg.producer_config(role).create()?;
-        Ok(EventProducer { inner })
+        let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
+            cfg.producer_config(role)
+                .create_with_context(DeliveryContext)?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (producer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("weir-producer-poll".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    p.poll(Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| ProduceError::Kafka(KafkaError::ClientCreation(e.to_string())))?;
+        Ok(EventProducer {
+            shared: Arc::new(Shared { producer, stop }),
+        })
     }
 
     /// Validates, encodes and queues an event without waiting for Kafka.
@@ -151,15 +209,17 @@ impl EventProducer {
         headers: Option<OwnedHeaders>,
         kind: &'static str,
     ) -> Result<PendingDelivery, ProduceError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+        let (tx, rx) = oneshot::channel();
+        let mut record: BaseRecord<'_, str, [u8], _> =
+            BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        match self.inner.send_result(record) {
-            Ok(fut) => Ok(PendingDelivery { fut, kind }),
+        match self.shared.producer.send(record) {
+            Ok(()) => Ok(PendingDelivery { rx, kind }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 metrics::counter!("weir_producer_events_total", "kind" => kind, "outcome" => "queue_full")
                     .increment(1);
@@ -176,18 +236,36 @@ impl EventProducer {
 
     /// Waits until every queued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
-        self.inner.flush(timeout).map_err(ProduceError::Kafka)
+        self.shared
+            .producer
+            .flush(timeout)
+            .map_err(ProduceError::Kafka)
+    }
+
+    /// Whether `topic` exists, from broker metadata (blocking, bounded by
+    /// `timeout`). Roles check their topic at start so that a missing topic
+    /// is one clear error instead of every record failing minutes later.
+    pub fn topic_exists(&self, topic: &str, timeout: Duration) -> Result<bool, ProduceError> {
+        let md = self
+            .shared
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)?;
+        Ok(md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
     }
 
     /// Records still waiting for a delivery report.
     pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
+        self.shared.producer.in_flight_count()
     }
 }
 
 /// A queued record's delivery report.
 pub struct PendingDelivery {
-    fut: DeliveryFuture,
+    rx: oneshot::Receiver<Result<Delivery, KafkaError>>,
     kind: &'static str,
 }
 
@@ -200,15 +278,12 @@ impl std::future::Future for PendingDelivery {
     ) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
         let kind = self.kind;
-        match std::pin::Pin::new(&mut self.fut).poll(cx) {
+        match std::pin::Pin::new(&mut self.rx).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(res) => {
                 let out = match res {
-                    Ok(Ok(d)) => Ok(Delivery {
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    Ok(Err((e, _))) => Err(ProduceError::Kafka(e)),
+                    Ok(Ok(d)) => Ok(d),
+                    Ok(Err(e)) => Err(ProduceError::Kafka(e)),
                     // The producer was dropped with the record still queued.
                     Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
                 };
