@@ -37,6 +37,10 @@ pub enum Command {
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Consumer lag: list groups, describe one (offsets, lag in messages and
+    /// seconds, owners, status).
+    #[command(subcommand)]
+    Lag(LagCommand),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -92,6 +96,46 @@ pub struct CenterArgs {
 pub enum TopicsCommand {
     /// Create Weir's topics if missing (idempotent).
     Ensure,
+}
+
+/// `weir lag …`.
+#[derive(Debug, Subcommand)]
+pub enum LagCommand {
+    /// Every consumer group: state, members, total lag, status.
+    List(LagViewArgs),
+    /// One group, partition by partition: committed and log-end offsets,
+    /// lag, lag in seconds, owning member, status.
+    Describe(LagDescribeArgs),
+}
+
+/// Output options shared by `weir lag list` and `describe`.
+#[derive(Debug, Args)]
+pub struct LagViewArgs {
+    /// Print JSON (one document per reading) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read again every lag.interval and redraw in place, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after N readings.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Time between readings (overrides lag.interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Length of the status window (overrides lag.window).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<Duration>,
+}
+
+/// `weir lag describe`.
+#[derive(Debug, Args)]
+pub struct LagDescribeArgs {
+    /// Consumer group id.
+    pub group: String,
+    /// Output options.
+    #[command(flatten)]
+    pub view: LagViewArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod lag;
 mod roles;
 mod telemetry;
 mod topics;
@@ -10,7 +11,7 @@ mod topics;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, ConsumeCommand, TopicsCommand};
+use cli::{Cli, Command, ConsumeCommand, LagCommand, TopicsCommand};
 use config::{Config, ConfigError};
 
 fn main() -> ExitCode {
@@ -58,6 +59,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<lag::StatusExit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<lag::StatusExit>().map_or(1, |s| s.0))
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "weir stopped with an error");
             eprintln!("weir: {e:#}");
@@ -103,6 +107,16 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.center.addr = addr.clone();
             }
         }
+        Command::Lag(
+            LagCommand::List(v) | LagCommand::Describe(cli::LagDescribeArgs { view: v, .. }),
+        ) => {
+            if let Some(i) = v.interval {
+                cfg.lag.interval = i;
+            }
+            if let Some(w) = v.window {
+                cfg.lag.window = w;
+            }
+        }
         Command::Topics(_) | Command::Config => {}
     }
     cfg.validate()?;
@@ -112,7 +126,10 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let shutdown = telemetry::shutdown_on_signals();
     let handle = telemetry::init_metrics()?;
-    let needs_metrics = !matches!(cli.command, Command::Topics(_) | Command::Config);
+    let needs_metrics = !matches!(
+        cli.command,
+        Command::Topics(_) | Command::Config | Command::Lag(_)
+    );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
             telemetry::spawn_metrics_server(l, handle, shutdown.clone());
@@ -140,6 +157,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Center(_) => {
             let listener = roles::bind_center(&cfg).await?;
             roles::center(&cfg, listener, shutdown).await
+        }
+        Command::Lag(LagCommand::List(v)) => lag::run(&cfg, None, &v, shutdown).await,
+        Command::Lag(LagCommand::Describe(d)) => {
+            lag::run(&cfg, Some(&d.group), &d.view, shutdown).await
         }
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);

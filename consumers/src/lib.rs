@@ -9,10 +9,12 @@
 #![warn(missing_docs)]
 
 pub mod health;
+pub mod lag;
 pub mod runtime;
 pub mod stores;
 
 pub use health::{HealthAggregator, NodeUptime, UptimeQuery};
+pub use lag::LagConfig;
 pub use runtime::{
     Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport, RuntimeError, StoreError,
 };

@@ -1,0 +1,84 @@
+//! Consumer lag: how far each group is behind, in messages and in seconds,
+//! who owns each partition, and whether the group is keeping up.
+//!
+//! - [`reader`] reads groups, committed and log-end offsets from Kafka;
+//! - [`seconds`] turns offsets into time with a per-partition table;
+//! - [`status`] judges each partition from a sliding window;
+//! - [`monitor`] keeps that state across readings and builds reports.
+//!
+//! The binary's `weir lag` commands are thin wiring around these.
+
+pub mod assignment;
+pub mod monitor;
+pub mod reader;
+pub mod seconds;
+pub mod status;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use monitor::{GroupReport, LagMonitor, PartitionReport};
+pub use reader::{now_ms, GroupInfo, GroupSnapshot, LagError, LagReader, Member, PartitionOffsets};
+pub use status::LagStatus;
+
+/// Settings of `weir lag`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagConfig {
+    /// Time between two readings in `--watch` (and the exporter).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Length of the sliding window behind each status: a member must stay
+    /// still this long to be called stalled, lag must grow across it to warn.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Bound on each request to Kafka.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Lag per partition above which a group is over its threshold
+    /// (messages).
+    pub threshold: u64,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            interval: Duration::from_secs(2),
+            window: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            threshold: 200,
+        }
+    }
+}
+
+/// Seeds `monitor`'s end-offset tables for the partitions of `snap` that have
+/// lag, from the broker's time index (one batched request per probe time),
+/// so that a single reading can already tell lag in seconds. The probes go
+/// back a day; older backlogs show as "at least a day".
+pub fn seed_from_time_index(
+    reader: &LagReader,
+    monitor: &mut LagMonitor,
+    snap: &GroupSnapshot,
+) -> Result<(), LagError> {
+    const PROBES_S: [i64; 9] = [1, 5, 15, 60, 300, 900, 3_600, 6 * 3_600, 86_400];
+    let todo = monitor.unseeded(snap);
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let mut points: std::collections::HashMap<(String, i32), Vec<(i64, i64)>> =
+        std::collections::HashMap::new();
+    for s in PROBES_S {
+        let at = snap.at_ms - s * 1000;
+        for (k, off) in reader.offsets_at_time(todo.iter(), at)? {
+            points.entry(k).or_default().push((at, off));
+        }
+    }
+    for (topic, partition) in todo {
+        let pts = points
+            .remove(&(topic.clone(), partition))
+            .unwrap_or_default();
+        monitor.seed(&topic, partition, pts);
+    }
+    Ok(())
+}
