@@ -96,6 +96,21 @@ pub struct CenterArgs {
 pub enum TopicsCommand {
     /// Create Weir's topics if missing (idempotent).
     Ensure,
+    /// Add partitions to a topic (never removes any: Kafka cannot).
+    Scale(ScaleArgs),
+}
+
+/// `weir topics scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Topic to scale.
+    pub topic: String,
+    /// Partition count wanted (must not be below the current count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub partitions: i32,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `weir lag …`.

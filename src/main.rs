@@ -166,6 +166,14 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())
         }
+        Command::Topics(TopicsCommand::Scale(a)) => {
+            let plan = topics::scale(&cfg.kafka, &a.topic, a.partitions, a.dry_run).await?;
+            if let Some(w) = &plan.warning {
+                eprintln!("warning: {w}");
+            }
+            println!("{plan}");
+            Ok(())
+        }
         Command::Topics(TopicsCommand::Ensure) => {
             for t in topics::ensure(&cfg.kafka, &cfg.topics).await? {
                 println!(

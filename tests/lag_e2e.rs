@@ -136,6 +136,14 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
     assert_eq!(doc["members"], 1);
     assert_eq!(doc["uncommitted_partitions"], 2);
     assert_eq!(code, 0, "one reading of a group with members is ok");
+    // Lag in seconds, from the broker's time index on a single reading: the
+    // records were produced seconds ago.
+    for p in doc["partitions"].as_array().expect("partitions") {
+        if p["lag"].as_i64().is_some_and(|l| l > 0) {
+            let s = p["lag_seconds"].as_f64().expect("lag in seconds");
+            assert!((0.0..120.0).contains(&s), "lag in seconds {s} for {p}");
+        }
+    }
 
     // The member leaves: the lag stays visible, and a group with lag and no
     // member is stopped (exit 5).
