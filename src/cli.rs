@@ -121,6 +121,20 @@ pub enum LagCommand {
     /// One group, partition by partition: committed and log-end offsets,
     /// lag, lag in seconds, owning member, status.
     Describe(LagDescribeArgs),
+    /// Serve lag as Prometheus metrics (metrics.addr) and write each group's
+    /// signal to Redis every lag.interval, until stopped.
+    Export(LagExportArgs),
+}
+
+/// `weir lag export`.
+#[derive(Debug, Args)]
+pub struct LagExportArgs {
+    /// Groups to export (repeatable; default: every group).
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Time between readings (overrides lag.interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
 }
 
 /// Output options shared by `weir lag list` and `describe`.

@@ -1,5 +1,6 @@
 //! `weir lag list` and `weir lag describe`: consumer lag for operators and
-//! scripts, with exit codes a script can branch on.
+//! scripts, with exit codes a script can branch on; `weir lag export`: the
+//! same figures as Prometheus metrics and a Redis signal for producers.
 //!
 //! Exit codes: 0 every group ok; 3 the group does not exist; 4 a group is
 //! in `warning`; 5 a group is `stalled`, `stopped` or `rewinding`; 1 Kafka
@@ -13,8 +14,9 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use weir_consumers::lag::{
-    seed_from_time_index, GroupReport, LagError, LagMonitor, LagReader, LagStatus,
+    seed_from_time_index, GroupReport, LagError, LagMonitor, LagReader, LagSignal, LagStatus,
 };
+use weir_consumers::RedisHandle;
 
 use crate::cli::LagViewArgs;
 use crate::config::Config;
@@ -37,23 +39,35 @@ fn exit_for(worst: LagStatus) -> u8 {
 /// Exit status of a missing group.
 const NOT_FOUND: u8 = 3;
 
-/// Reads the groups (all of them, or one) and builds reports. Blocking: the
-/// caller runs it on `spawn_blocking`.
+/// Which groups to read.
+#[derive(Debug, Clone)]
+enum Which {
+    /// Every group the cluster lists.
+    All,
+    /// One group, which must exist.
+    One(String),
+    /// These groups; missing ones are skipped (they may not exist yet).
+    Some(Vec<String>),
+}
+
+/// Reads the groups and builds reports. Blocking: the caller runs it on
+/// `spawn_blocking`.
 fn read(
     reader: &LagReader,
     monitor: &mut LagMonitor,
-    group: Option<&str>,
+    which: &Which,
 ) -> Result<Vec<GroupReport>, LagError> {
-    let names: Vec<String> = match group {
-        Some(g) => vec![g.to_string()],
-        None => reader.list_groups()?.into_iter().map(|g| g.group).collect(),
+    let names: Vec<String> = match which {
+        Which::One(g) => vec![g.clone()],
+        Which::Some(gs) => gs.clone(),
+        Which::All => reader.list_groups()?.into_iter().map(|g| g.group).collect(),
     };
     let mut reports = Vec::with_capacity(names.len());
     for name in names {
         let snap = match reader.snapshot(&name) {
             Ok(s) => s,
-            // Listed a moment ago, gone now: skip it in a list.
-            Err(LagError::GroupNotFound(_)) if group.is_none() => continue,
+            // Listed a moment ago and gone now, or not created yet.
+            Err(LagError::GroupNotFound(_)) if !matches!(which, Which::One(_)) => continue,
             Err(e) => return Err(e),
         };
         if let Err(e) = seed_from_time_index(reader, monitor, &snap) {
@@ -62,6 +76,22 @@ fn read(
         reports.push(monitor.observe(&snap));
     }
     Ok(reports)
+}
+
+/// One reading on a blocking thread; the monitor goes there and back.
+async fn read_async(
+    reader: &Arc<LagReader>,
+    monitor: LagMonitor,
+    which: &Which,
+) -> anyhow::Result<(LagMonitor, Result<Vec<GroupReport>, LagError>)> {
+    let (r, w) = (reader.clone(), which.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut monitor = monitor;
+        let res = read(&r, &mut monitor, &w);
+        (monitor, res)
+    })
+    .await
+    .context("the Kafka reader thread failed")
 }
 
 /// `weir lag list` (group `None`) and `weir lag describe GROUP`.
@@ -74,16 +104,11 @@ pub async fn run(
     let reader =
         Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
     let mut monitor = LagMonitor::new(cfg.lag.window);
+    let which = group.map_or(Which::All, |g| Which::One(g.to_string()));
     let tty = std::io::stdout().is_terminal();
     let mut readings = 0u64;
     let code = loop {
-        let (r, g) = (reader.clone(), group.map(str::to_string));
-        let (m, res) = tokio::task::spawn_blocking(move || {
-            let res = read(&r, &mut monitor, g.as_deref());
-            (monitor, res)
-        })
-        .await
-        .context("the Kafka reader thread failed")?;
+        let (m, res) = read_async(&reader, monitor, &which).await?;
         monitor = m;
         let reports = match res {
             Ok(r) => r,
@@ -131,6 +156,118 @@ pub async fn run(
     } else {
         Err(StatusExit(code).into())
     }
+}
+
+/// `weir lag export`: every `lag.interval`, reads the groups (all, or those
+/// named), updates the Prometheus gauges and writes each group's signal to
+/// Redis (a key that expires after three intervals, and the lag channel).
+/// A failed reading or Redis write is logged and counted; the next interval
+/// tries again, so the exporter outlives Kafka or Redis restarts.
+pub async fn export(
+    cfg: &Config,
+    groups: &[String],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let reader =
+        Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
+    let redis = RedisHandle::new(&cfg.redis).context("redis.url")?;
+    let keys = cfg.redis.keys();
+    let which = if groups.is_empty() {
+        Which::All
+    } else {
+        Which::Some(groups.to_vec())
+    };
+    let expiry_ms = (cfg.lag.interval.as_millis() * 3).clamp(1, u64::MAX as u128) as u64;
+    let mut monitor = LagMonitor::new(cfg.lag.window);
+    let mut tick = tokio::time::interval(cfg.lag.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(interval = ?cfg.lag.interval, groups = ?groups, "lag exporter started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        let (m, res) = read_async(&reader, monitor, &which).await?;
+        monitor = m;
+        let reports = match res {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("weir_lag_reads_total", "outcome" => "error").increment(1);
+                tracing::warn!(error = %e, "cannot read consumer lag; retrying next interval");
+                continue;
+            }
+        };
+        metrics::counter!("weir_lag_reads_total", "outcome" => "ok").increment(1);
+        let mut keep = std::collections::HashSet::new();
+        for r in &reports {
+            keep.extend(r.partitions.iter().map(|p| (p.topic.clone(), p.partition)));
+            record_metrics(r);
+            let signal = LagSignal::from_report(r, cfg.lag.threshold);
+            let outcome = match publish(&redis, &keys, &signal, expiry_ms).await {
+                Ok(()) => "ok",
+                Err(e) => {
+                    tracing::warn!(group = %r.group, error = %e, "cannot write the lag signal to Redis");
+                    "error"
+                }
+            };
+            metrics::counter!("weir_lag_signals_total", "outcome" => outcome).increment(1);
+        }
+        monitor.retain_partitions(&keep);
+        metrics::histogram!("weir_lag_evaluation_seconds").record(started.elapsed().as_secs_f64());
+    }
+    tracing::info!("lag exporter stopped");
+    Ok(())
+}
+
+/// Gauges of one group. Labels stay low-cardinality: group and topic, never
+/// partition (a thousand partitions would be a thousand series per group).
+fn record_metrics(r: &GroupReport) {
+    let mut by_topic: std::collections::BTreeMap<&str, (i64, f64)> = Default::default();
+    for p in &r.partitions {
+        let e = by_topic.entry(p.topic.as_str()).or_default();
+        e.0 += p.lag.unwrap_or(0);
+        e.1 = e.1.max(p.lag_seconds.unwrap_or(0.0));
+    }
+    for (topic, (lag, secs)) in by_topic {
+        let labels = [("group", r.group.clone()), ("topic", topic.to_string())];
+        metrics::gauge!("weir_lag_messages", &labels).set(lag as f64);
+        metrics::gauge!("weir_lag_seconds", &labels).set(secs);
+    }
+    metrics::gauge!("weir_lag_members", "group" => r.group.clone()).set(r.members as f64);
+    for s in LagStatus::ALL {
+        let n = r.partitions.iter().filter(|p| p.status == s).count();
+        metrics::gauge!("weir_lag_partitions", "group" => r.group.clone(), "status" => s.as_str())
+            .set(n as f64);
+        metrics::gauge!("weir_lag_group_status", "group" => r.group.clone(), "status" => s.as_str())
+            .set(if r.status == s { 1.0 } else { 0.0 });
+    }
+}
+
+/// Writes the key and publishes on the channel in one transaction.
+async fn publish(
+    redis: &RedisHandle,
+    keys: &weir_consumers::RedisKeys,
+    signal: &LagSignal,
+    expiry_ms: u64,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string(signal)?;
+    let mut conn = redis.conn().await?;
+    redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(keys.lag(&signal.group))
+        .arg(&json)
+        .arg("PX")
+        .arg(expiry_ms)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys.lag_channel())
+        .arg(&json)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
 }
 
 fn json(single: bool, reports: &[GroupReport]) -> anyhow::Result<String> {

@@ -117,6 +117,11 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.lag.window = w;
             }
         }
+        Command::Lag(LagCommand::Export(e)) => {
+            if let Some(i) = e.interval {
+                cfg.lag.interval = i;
+            }
+        }
         Command::Topics(_) | Command::Config => {}
     }
     cfg.validate()?;
@@ -128,7 +133,9 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let handle = telemetry::init_metrics()?;
     let needs_metrics = !matches!(
         cli.command,
-        Command::Topics(_) | Command::Config | Command::Lag(_)
+        Command::Topics(_)
+            | Command::Config
+            | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_))
     );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
@@ -162,6 +169,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Lag(LagCommand::Describe(d)) => {
             lag::run(&cfg, Some(&d.group), &d.view, shutdown).await
         }
+        Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())

@@ -4,7 +4,8 @@
 //! - [`reader`] reads groups, committed and log-end offsets from Kafka;
 //! - [`seconds`] turns offsets into time with a per-partition table;
 //! - [`status`] judges each partition from a sliding window;
-//! - [`monitor`] keeps that state across readings and builds reports.
+//! - [`monitor`] keeps that state across readings and builds reports;
+//! - [`signal`] is the compact form published to Redis for producers.
 //!
 //! The binary's `weir lag` commands are thin wiring around these.
 
@@ -12,6 +13,7 @@ pub mod assignment;
 pub mod monitor;
 pub mod reader;
 pub mod seconds;
+pub mod signal;
 pub mod status;
 
 use std::time::Duration;
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use monitor::{GroupReport, LagMonitor, PartitionReport};
 pub use reader::{now_ms, GroupInfo, GroupSnapshot, LagError, LagReader, Member, PartitionOffsets};
+pub use signal::LagSignal;
 pub use status::LagStatus;
 
 /// Settings of `weir lag`.
