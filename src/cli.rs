@@ -124,6 +124,25 @@ pub enum LagCommand {
     /// Serve lag as Prometheus metrics (metrics.addr) and write each group's
     /// signal to Redis every lag.interval, until stopped.
     Export(LagExportArgs),
+    /// Measure produce and consume rates over a window and print the backlog
+    /// playbook's advice: consumers, partitions, producer cap, drain time.
+    Advise(LagAdviseArgs),
+}
+
+/// `weir lag advise`.
+#[derive(Debug, Args)]
+pub struct LagAdviseArgs {
+    /// Consumer group id.
+    pub group: String,
+    /// How long to measure the rates.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub window: Duration,
+    /// Rate the group must sustain, records/s (default: produce rate × 1.2).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub target_rate: Option<f64>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `weir lag export`.

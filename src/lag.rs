@@ -13,12 +13,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use weir_consumers::lag::advice::{self, Measured};
 use weir_consumers::lag::{
     seed_from_time_index, GroupReport, LagError, LagMonitor, LagReader, LagSignal, LagStatus,
 };
 use weir_consumers::RedisHandle;
 
-use crate::cli::LagViewArgs;
+use crate::cli::{LagAdviseArgs, LagViewArgs};
 use crate::config::Config;
 
 /// Not an error: the exit status a finished `weir lag` command hands to
@@ -267,6 +268,53 @@ async fn publish(
         .ignore()
         .query_async::<()>(&mut conn)
         .await?;
+    Ok(())
+}
+
+/// `weir lag advise GROUP`: two readings `--window` apart, then the
+/// playbook. Exit 3 when the group does not exist.
+pub async fn advise(
+    cfg: &Config,
+    args: &LagAdviseArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let reader =
+        Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
+    let snap = |reader: Arc<LagReader>, group: String| async move {
+        tokio::task::spawn_blocking(move || reader.snapshot(&group))
+            .await
+            .context("the Kafka reader thread failed")
+    };
+    let first = match snap(reader.clone(), args.group.clone()).await? {
+        Ok(s) => s,
+        Err(LagError::GroupNotFound(g)) => {
+            eprintln!("weir: consumer group {g:?} does not exist");
+            return Err(StatusExit(NOT_FOUND).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !args.json {
+        eprintln!(
+            "measuring {} for {} …",
+            args.group,
+            humantime::format_duration(args.window)
+        );
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => anyhow::bail!("interrupted before the window ended"),
+        _ = tokio::time::sleep(args.window) => {}
+    }
+    let second = snap(reader, args.group.clone()).await??;
+    let measured = Measured::between(&first, &second)
+        .context("the two readings carry the same time; try a longer --window")?;
+    let a = advice::advise(&measured, args.target_rate);
+    if args.json {
+        println!("{}", serde_json::to_string(&a)?);
+    } else {
+        for l in &a.lines {
+            println!("{l}");
+        }
+    }
     Ok(())
 }
 

@@ -122,6 +122,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.lag.interval = i;
             }
         }
+        Command::Lag(LagCommand::Advise(_)) => {}
         Command::Topics(_) | Command::Config => {}
     }
     cfg.validate()?;
@@ -135,7 +136,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         cli.command,
         Command::Topics(_)
             | Command::Config
-            | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_))
+            | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
@@ -170,6 +171,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             lag::run(&cfg, Some(&d.group), &d.view, shutdown).await
         }
         Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
+        Command::Lag(LagCommand::Advise(a)) => lag::advise(&cfg, &a, shutdown).await,
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())

@@ -177,3 +177,92 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
         .expect("run weir");
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// `weir lag advise` on a group that takes 2 records for every 5 produced, on
+/// one partition: one consumer at most, more partitions, a producer cap, a
+/// growing backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_measures_rates_and_applies_the_playbook() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let st = stack();
+    st.require_kafka();
+    let topics = TestTopics::create(&st, 1).await;
+    let topic = topics.health.clone();
+    produce(&st.kafka, &topic, 0, 10).await;
+    let group = unique("lag-advise");
+    let member = GroupMember::join(&st.kafka, &group, "advise", &[&topic], 1);
+    member.commit(&[(&topic, 0, 0)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let driver = std::thread::spawn({
+        let (brokers, topic, stop) = (st.kafka.clone(), topic.clone(), stop.clone());
+        move || {
+            use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+            let p: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("producer");
+            let mut committed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..50 {
+                    let _ = p.send(BaseRecord::<(), str>::to(&topic).partition(0).payload("x"));
+                }
+                let _ = p.flush(Duration::from_secs(5));
+                committed += 20;
+                member.commit(&[(&topic, 0, committed)]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let out = Command::new(weir())
+        .args(["lag", "advise", &group, "--window", "3s", "--json"])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir lag advise");
+    stop.store(true, Ordering::Relaxed);
+    driver.join().expect("driver");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let m = &a["measured"];
+    let (prod, cons) = (
+        m["produce_per_s"].as_f64().expect("produce"),
+        m["consume_per_s"].as_f64().expect("consume"),
+    );
+    assert!(prod > 0.0 && cons > 0.0 && prod > 1.8 * cons, "{m}");
+    assert_eq!(
+        a["consumers"], 1,
+        "never more consumers than partitions: {a}"
+    );
+    assert!(
+        a["partitions_needed"].as_u64().is_some_and(|n| n >= 2),
+        "{a}"
+    );
+    assert!(
+        a["producer_cap_per_s"].as_f64().is_some_and(|c| c < prod),
+        "{a}"
+    );
+    assert_eq!(a["shrinking"], false);
+    let lines: Vec<&str> = a["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("partitions:") && l.contains("weir topics scale")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("backlog: growing")),
+        "{lines:?}"
+    );
+    delete_groups(&st.kafka, &[&group]);
+}

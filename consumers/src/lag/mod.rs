@@ -5,10 +5,12 @@
 //! - [`seconds`] turns offsets into time with a per-partition table;
 //! - [`status`] judges each partition from a sliding window;
 //! - [`monitor`] keeps that state across readings and builds reports;
-//! - [`signal`] is the compact form published to Redis for producers.
+//! - [`signal`] is the compact form published to Redis for producers;
+//! - [`advice`] applies the backlog playbook to measured rates.
 //!
 //! The binary's `weir lag` commands are thin wiring around these.
 
+pub mod advice;
 pub mod assignment;
 pub mod monitor;
 pub mod reader;
