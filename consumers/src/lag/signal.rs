@@ -5,10 +5,16 @@
 //! Producers only need a few numbers to pace themselves: how much lag per
 //! partition the group has, against which threshold, and how fresh it is.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use weir_producers::LagLimiter;
 
 use super::monitor::GroupReport;
 use super::status::LagStatus;
+use crate::stores::{RedisHandle, RedisKeys};
 
 /// One group's lag, as published every interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,43 @@ impl LagSignal {
             0.0
         } else {
             self.total_lag as f64 / self.partitions as f64
+        }
+    }
+}
+
+/// Feeds `limiter` from `group`'s signal in Redis every `interval` until
+/// `shutdown`. The key is read (not the channel subscribed): a reader that
+/// reconnects never misses "the latest", and an expired key means the
+/// exporter is gone, which the limiter answers by failing open once its
+/// `stale_after` passes. Redis errors are logged and retried next interval.
+pub async fn follow_signal(
+    redis: Arc<RedisHandle>,
+    keys: RedisKeys,
+    group: String,
+    limiter: Arc<LagLimiter>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let key = keys.lag(&group);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let got: Result<Option<String>, redis::RedisError> = async {
+            let mut c = redis.conn().await?;
+            redis::cmd("GET").arg(&key).query_async(&mut c).await
+        }
+        .await;
+        match got {
+            Ok(Some(text)) => match serde_json::from_str::<LagSignal>(&text) {
+                Ok(s) => limiter.update(s.lag_per_partition(), std::time::Instant::now()),
+                Err(e) => tracing::warn!(%key, error = %e, "unreadable lag signal"),
+            },
+            Ok(None) => tracing::debug!(%key, "no lag signal (exporter not running?)"),
+            Err(e) => tracing::warn!(%key, error = %e, "cannot read the lag signal"),
         }
     }
 }
