@@ -212,6 +212,9 @@ impl LagLimiter {
         if priority == Priority::Critical {
             return Decision::Exempt;
         }
+        if !self.cfg.enabled {
+            return Decision::Admit;
+        }
         self.offered.fetch_add(1, Ordering::Relaxed);
         let cost = self.cost.load(Ordering::Relaxed);
         let updated = self.updated_ms.load(Ordering::Relaxed);
