@@ -207,6 +207,7 @@ impl LagReader {
 
     /// Reads one group: members, committed and log-end offsets.
     pub fn snapshot(&self, group: &str) -> Result<GroupSnapshot, LagError> {
+        let t0 = std::time::Instant::now();
         let info = self
             .groups(Some(group))?
             .into_iter()
@@ -217,8 +218,11 @@ impl LagReader {
                 protocol_type: String::new(),
                 members: Vec::new(),
             });
+        let t_group = t0.elapsed();
         let topics = self.topics()?;
+        let t_meta = t0.elapsed();
         let committed = self.committed(group, &topics)?;
+        let t_committed = t0.elapsed();
         let mut owners: BTreeMap<(String, i32), usize> = BTreeMap::new();
         for (i, m) in info.members.iter().enumerate() {
             for (t, ps) in &m.assignment {
@@ -239,6 +243,15 @@ impl LagReader {
         }
         let ends = self.end_offsets(keys.iter())?;
         let at_ms = now_ms();
+        tracing::debug!(
+            group,
+            partitions = keys.len(),
+            group_ms = t_group.as_millis() as u64,
+            metadata_ms = (t_meta - t_group).as_millis() as u64,
+            committed_ms = (t_committed - t_meta).as_millis() as u64,
+            end_ms = (t0.elapsed() - t_committed).as_millis() as u64,
+            "group read"
+        );
         let partitions = keys
             .into_iter()
             .map(|(topic, partition)| {
