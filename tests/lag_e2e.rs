@@ -145,6 +145,26 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
         }
     }
 
+    // --watch --json: one document per reading; the window fills up.
+    let out = Command::new(weir())
+        .args([
+            "lag", "describe", &group, "--json", "--watch", "--count", "3",
+        ])
+        .args(["--interval", "200ms", "--window", "1s"])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir lag describe --watch");
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect();
+    assert_eq!(docs.len(), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(docs[0]["observed_seconds"], 0.0);
+    assert!(docs[2]["observed_seconds"]
+        .as_f64()
+        .is_some_and(|s| s >= 0.3));
+    assert!(docs.iter().all(|d| d["total_lag"] == 18));
+
     // The member leaves: the lag stays visible, and a group with lag and no
     // member is stopped (exit 5).
     member.leave();
