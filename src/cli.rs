@@ -43,6 +43,10 @@ pub enum Command {
     /// Inspect and replay the dead-letter topic.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Consumer lag: list groups, describe one (offsets, lag in messages and
+    /// seconds, owners, status).
+    #[command(subcommand)]
+    Lag(LagCommand),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -184,6 +188,94 @@ pub struct CenterArgs {
 pub enum TopicsCommand {
     /// Create Weir's topics if missing (idempotent).
     Ensure,
+    /// Add partitions to a topic (never removes any: Kafka cannot).
+    Scale(ScaleArgs),
+}
+
+/// `weir topics scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Topic to scale.
+    pub topic: String,
+    /// Partition count wanted (must not be below the current count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub partitions: i32,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `weir lag …`.
+#[derive(Debug, Subcommand)]
+pub enum LagCommand {
+    /// Every consumer group: state, members, total lag, status.
+    List(LagViewArgs),
+    /// One group, partition by partition: committed and log-end offsets,
+    /// lag, lag in seconds, owning member, status.
+    Describe(LagDescribeArgs),
+    /// Serve lag as Prometheus metrics (metrics.addr) and write each group's
+    /// signal to Redis every lag.interval, until stopped.
+    Export(LagExportArgs),
+    /// Measure produce and consume rates over a window and print the backlog
+    /// playbook's advice: consumers, partitions, producer cap, drain time.
+    Advise(LagAdviseArgs),
+}
+
+/// `weir lag advise`.
+#[derive(Debug, Args)]
+pub struct LagAdviseArgs {
+    /// Consumer group id.
+    pub group: String,
+    /// How long to measure the rates.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub window: Duration,
+    /// Rate the group must sustain, records/s (default: produce rate × 1.2).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub target_rate: Option<f64>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `weir lag export`.
+#[derive(Debug, Args)]
+pub struct LagExportArgs {
+    /// Groups to export (repeatable; default: every group).
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Time between readings (overrides lag.interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+}
+
+/// Output options shared by `weir lag list` and `describe`.
+#[derive(Debug, Args)]
+pub struct LagViewArgs {
+    /// Print JSON (one document per reading) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read again every lag.interval and redraw in place, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after N readings.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Time between readings (overrides lag.interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Length of the status window (overrides lag.window).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<Duration>,
+}
+
+/// `weir lag describe`.
+#[derive(Debug, Args)]
+pub struct LagDescribeArgs {
+    /// Consumer group id.
+    pub group: String,
+    /// Output options.
+    #[command(flatten)]
+    pub view: LagViewArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use weir_consumers::{ConsumerConfig, DatabaseConfig, RedisConfig};
+use weir_consumers::{ConsumerConfig, DatabaseConfig, LagConfig, RedisConfig};
 use weir_edge::CenterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
@@ -149,6 +149,8 @@ pub struct Config {
     pub log: LogConfig,
     /// All-in-one mode.
     pub up: UpConfig,
+    /// Lag monitoring (`weir lag`).
+    pub lag: LagConfig,
 }
 
 /// Environment variables with the `WEIR_` prefix that are not configuration
@@ -323,6 +325,30 @@ impl Config {
         }
         if !(1..=64).contains(&self.up.consumers) {
             return Err(ConfigError::new("up.consumers", "must be between 1 and 64"));
+        }
+        let li = self.lag.interval;
+        if li < Duration::from_millis(100) || li > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "lag.interval",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if self.lag.window < li * 2 || self.lag.window > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "lag.window",
+                "must span at least two lag.interval readings and at most 24h",
+            ));
+        }
+        if self.lag.timeout < Duration::from_millis(100)
+            || self.lag.timeout > Duration::from_secs(300)
+        {
+            return Err(ConfigError::new(
+                "lag.timeout",
+                "must be between 100ms and 5m",
+            ));
+        }
+        if self.lag.threshold == 0 {
+            return Err(ConfigError::new("lag.threshold", "must be at least 1"));
         }
         Ok(())
     }
@@ -568,6 +594,9 @@ mod tests {
                 vec![("WEIR_TOPICS_HEALTH", "bad topic")],
                 "topics.health",
             ),
+            (None, vec![("WEIR_LAG_WINDOW", "1s")], "lag.window"),
+            (None, vec![("WEIR_LAG_INTERVAL", "soon")], "lag.interval"),
+            (Some("[lag]\nthreshhold = 5\n"), vec![], "lag"),
         ];
         for (file, vars, key) in cases {
             let f = file.map(write);

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod dlq;
 mod gen;
+mod lag;
 mod roles;
 mod telemetry;
 mod topics;
@@ -12,7 +13,7 @@ mod topics;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, ConsumeCommand, DlqCommand, GenCommand, TopicsCommand};
+use cli::{Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, TopicsCommand};
 use config::{Config, ConfigError};
 
 fn main() -> ExitCode {
@@ -60,6 +61,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<lag::StatusExit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<lag::StatusExit>().map_or(1, |s| s.0))
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "weir stopped with an error");
             eprintln!("weir: {e:#}");
@@ -105,6 +109,22 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.center.addr = addr.clone();
             }
         }
+        Command::Lag(
+            LagCommand::List(v) | LagCommand::Describe(cli::LagDescribeArgs { view: v, .. }),
+        ) => {
+            if let Some(i) = v.interval {
+                cfg.lag.interval = i;
+            }
+            if let Some(w) = v.window {
+                cfg.lag.window = w;
+            }
+        }
+        Command::Lag(LagCommand::Export(e)) => {
+            if let Some(i) = e.interval {
+                cfg.lag.interval = i;
+            }
+        }
+        Command::Lag(LagCommand::Advise(_)) => {}
         Command::Topics(_) | Command::Config | Command::Gen(_) | Command::Dlq(_) => {}
     }
     cfg.validate()?;
@@ -116,7 +136,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let handle = telemetry::init_metrics()?;
     let needs_metrics = !matches!(
         cli.command,
-        Command::Topics(_) | Command::Config | Command::Dlq(_)
+        Command::Topics(_)
+            | Command::Config
+            | Command::Dlq(_)
+            | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
@@ -225,8 +248,22 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let listener = roles::bind_center(&cfg).await?;
             roles::center(&cfg, listener, shutdown).await
         }
+        Command::Lag(LagCommand::List(v)) => lag::run(&cfg, None, &v, shutdown).await,
+        Command::Lag(LagCommand::Describe(d)) => {
+            lag::run(&cfg, Some(&d.group), &d.view, shutdown).await
+        }
+        Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
+        Command::Lag(LagCommand::Advise(a)) => lag::advise(&cfg, &a, shutdown).await,
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
+            Ok(())
+        }
+        Command::Topics(TopicsCommand::Scale(a)) => {
+            let plan = topics::scale(&cfg.kafka, &a.topic, a.partitions, a.dry_run).await?;
+            if let Some(w) = &plan.warning {
+                eprintln!("warning: {w}");
+            }
+            println!("{plan}");
             Ok(())
         }
         Command::Topics(TopicsCommand::Ensure) => {

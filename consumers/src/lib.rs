@@ -10,11 +10,13 @@
 
 pub mod access;
 pub mod health;
+pub mod lag;
 pub mod runtime;
 pub mod stores;
 
 pub use access::AccessAggregator;
 pub use health::{HealthAggregator, NodeUptime, UptimeQuery};
+pub use lag::LagConfig;
 pub use runtime::{
     Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport, RuntimeError, StoreError,
 };

@@ -112,6 +112,16 @@ impl RedisKeys {
     pub fn health_channel(&self) -> String {
         format!("{}:health:changes", self.prefix)
     }
+
+    /// Latest lag signal of one consumer group (JSON, expiring).
+    pub fn lag(&self, group: &str) -> String {
+        format!("{}:lag:{group}", self.prefix)
+    }
+
+    /// Pub/sub channel carrying every group's lag signal each interval.
+    pub fn lag_channel(&self) -> String {
+        format!("{}:lag:signals", self.prefix)
+    }
 }
 
 /// Lazily connected, self-reconnecting Redis connection shared by a process.

@@ -160,6 +160,17 @@ impl Drop for Shared {
 #[derive(Clone)]
 pub struct EventProducer {
     shared: Arc<Shared>,
+    limiter: Option<Arc<crate::limiter::LagLimiter>>,
+}
+
+/// What [`EventProducer::offer`] did with an event.
+pub enum Offer {
+    /// Queued; the future resolves to its delivery report.
+    Queued(PendingDelivery),
+    /// Shed by the lag-aware limiter (counted in
+    /// `weir_limiter_decisions_total`); not an error: consumers are behind
+    /// and the event's priority allows dropping it.
+    Shed,
 }
 
 impl EventProducer {
@@ -182,7 +193,26 @@ impl EventProducer {
             .map_err(|e| ProduceError::Kafka(KafkaError::ClientCreation(e.to_string())))?;
         Ok(EventProducer {
             shared: Arc::new(Shared { producer, stop }),
+            limiter: None,
         })
+    }
+
+    /// Paces [`offer`](Self::offer) with a lag-aware limiter.
+    pub fn with_limiter(mut self, limiter: Arc<crate::limiter::LagLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Like [`enqueue`](Self::enqueue), but asks the lag-aware limiter first
+    /// (when there is one): a sheddable event may be shed while the
+    /// consuming group is behind; critical events always go.
+    pub fn offer<E: Event>(&self, topic: &str, event: &E) -> Result<Offer, ProduceError> {
+        if let Some(l) = &self.limiter {
+            if l.decide(E::KIND, E::PRIORITY) == crate::limiter::Decision::Shed {
+                return Ok(Offer::Shed);
+            }
+        }
+        self.enqueue(topic, event).map(Offer::Queued)
     }
 
     /// Validates, encodes and queues an event without waiting for Kafka.

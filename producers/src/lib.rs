@@ -9,6 +9,8 @@
 
 pub mod agent;
 pub mod kafka;
+pub mod limiter;
 
 pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
-pub use kafka::{Delivery, EventProducer, KafkaConfig, PendingDelivery, ProduceError};
+pub use kafka::{Delivery, EventProducer, KafkaConfig, Offer, PendingDelivery, ProduceError};
+pub use limiter::{Decision, LagLimiter, LimiterConfig};

@@ -8,6 +8,8 @@
 //! does not disturb the other tests.
 #![warn(missing_docs)]
 
+pub mod groups;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

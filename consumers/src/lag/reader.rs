@@ -1,0 +1,365 @@
+//! Reading a group's offsets from Kafka: committed offsets, log-end offsets
+//! and the members that own each partition.
+//!
+//! Everything comes from Kafka's protocol APIs, never from parsing
+//! `__consumer_offsets`:
+//! - group state and members (with their assignments): `ListGroups` +
+//!   `DescribeGroups` (librdkafka's group list);
+//! - committed offsets: `OffsetFetch`, through a consumer configured with the
+//!   group's id that never subscribes, so it never joins or disturbs the
+//!   group;
+//! - log-end offsets: `ListOffsets` for "latest", batched per broker (one
+//!   request for a thousand partitions, not a thousand), read uncommitted as
+//!   Kafka's own tool does.
+//!
+//! The calls block; async callers run them on `spawn_blocking`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use weir_producers::KafkaConfig;
+
+use super::assignment::decode_assignment;
+
+/// Why a group could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LagError {
+    /// Kafka did not answer or refused.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being read.
+        what: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Kafka knows no such group (no members, no committed offsets).
+    #[error("consumer group {0:?} does not exist")]
+    GroupNotFound(String),
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> LagError {
+    let what = what.into();
+    move |source| LagError::Kafka { what, source }
+}
+
+/// A member of a group, as the coordinator describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Member id (client id + a UUID, assigned by the coordinator).
+    pub member_id: String,
+    /// Client id the member set.
+    pub client_id: String,
+    /// Host the member connected from, as Kafka prints it (`/127.0.0.1`).
+    pub host: String,
+    /// Assigned partitions, topic by topic.
+    pub assignment: Vec<(String, Vec<i32>)>,
+}
+
+/// A group as listed by the coordinator.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    /// Group id.
+    pub group: String,
+    /// Coordinator state: `Stable`, `Empty`, `PreparingRebalance`, …
+    pub state: String,
+    /// Embedded protocol type (`consumer` for Kafka consumers).
+    pub protocol_type: String,
+    /// Current members.
+    pub members: Vec<Member>,
+}
+
+/// Offsets of one partition for one group, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionOffsets {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Committed offset (the next record the group will read); `None` when
+    /// the group never committed on this partition.
+    pub committed: Option<i64>,
+    /// Log-end offset (high watermark).
+    pub end: i64,
+    /// Index in [`GroupSnapshot::members`] of the member that owns it.
+    pub owner: Option<usize>,
+}
+
+/// A group's offsets and members, read at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSnapshot {
+    /// Group, state and members.
+    #[serde(flatten)]
+    pub info: GroupInfo,
+    /// Every partition the group committed on or is assigned, sorted.
+    pub partitions: Vec<PartitionOffsets>,
+    /// When the log-end offsets were read (unix ms).
+    pub at_ms: i64,
+}
+
+/// Current unix time in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads groups and offsets. Keeps one offset-reading consumer per group it
+/// was asked about, so that `--watch` and the exporter reuse connections.
+pub struct LagReader {
+    kafka: KafkaConfig,
+    timeout: Duration,
+    meta: BaseConsumer,
+    by_group: Mutex<HashMap<String, BaseConsumer>>,
+}
+
+impl LagReader {
+    /// A reader; `timeout` bounds each request to Kafka.
+    pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, LagError> {
+        let meta = Self::consumer_config(kafka, None)
+            .create()
+            .map_err(kafka_err("creating the Kafka client"))?;
+        Ok(LagReader {
+            kafka: kafka.clone(),
+            timeout,
+            meta,
+            by_group: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn consumer_config(kafka: &KafkaConfig, group: Option<&str>) -> rdkafka::ClientConfig {
+        let mut c = kafka.client_config("lag");
+        // Kafka's tool reads the high watermark, not the last stable offset.
+        c.set("isolation.level", "read_uncommitted")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        if let Some(g) = group {
+            c.set("group.id", g);
+        }
+        kafka.apply_overrides(&mut c);
+        c
+    }
+
+    /// Every group the cluster knows, with its members.
+    pub fn list_groups(&self) -> Result<Vec<GroupInfo>, LagError> {
+        self.groups(None)
+    }
+
+    fn groups(&self, group: Option<&str>) -> Result<Vec<GroupInfo>, LagError> {
+        let list = self
+            .meta
+            .fetch_group_list(group, self.timeout)
+            .map_err(kafka("listing consumer groups"))?;
+        let mut out: Vec<GroupInfo> = list
+            .groups()
+            .iter()
+            .map(|g| GroupInfo {
+                group: g.name().to_string(),
+                state: g.state().to_string(),
+                protocol_type: g.protocol_type().to_string(),
+                members: g
+                    .members()
+                    .iter()
+                    .map(|m| Member {
+                        member_id: m.id().to_string(),
+                        client_id: m.client_id().to_string(),
+                        host: m.client_host().to_string(),
+                        assignment: if g.protocol_type() == "consumer" {
+                            m.assignment()
+                                .map(decode_assignment)
+                                .and_then(|r| {
+                                    r.map_err(|e| {
+                                        tracing::warn!(group = g.name(), member = m.id(), error = %e,
+                                            "cannot decode a member's assignment");
+                                    })
+                                    .ok()
+                                })
+                                .unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(out)
+    }
+
+    /// Topics and their partition counts (internal topics left out).
+    pub fn topics(&self) -> Result<BTreeMap<String, i32>, LagError> {
+        let md = self
+            .meta
+            .fetch_metadata(None, self.timeout)
+            .map_err(kafka("reading cluster metadata"))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.name().starts_with("__"))
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
+    }
+
+    /// Reads one group: members, committed and log-end offsets.
+    pub fn snapshot(&self, group: &str) -> Result<GroupSnapshot, LagError> {
+        let t0 = std::time::Instant::now();
+        let info = self
+            .groups(Some(group))?
+            .into_iter()
+            .find(|g| g.group == group)
+            .unwrap_or(GroupInfo {
+                group: group.to_string(),
+                state: "Dead".into(),
+                protocol_type: String::new(),
+                members: Vec::new(),
+            });
+        let t_group = t0.elapsed();
+        let topics = self.topics()?;
+        let t_meta = t0.elapsed();
+        let committed = self.committed(group, &topics)?;
+        let t_committed = t0.elapsed();
+        let mut owners: BTreeMap<(String, i32), usize> = BTreeMap::new();
+        for (i, m) in info.members.iter().enumerate() {
+            for (t, ps) in &m.assignment {
+                for p in ps {
+                    owners.insert((t.clone(), *p), i);
+                }
+            }
+        }
+        let mut keys: BTreeSet<(String, i32)> = committed.keys().cloned().collect();
+        keys.extend(
+            owners
+                .keys()
+                .filter(|(t, p)| topics.get(t).is_some_and(|n| p < n))
+                .cloned(),
+        );
+        if keys.is_empty() && info.members.is_empty() && info.state == "Dead" {
+            return Err(LagError::GroupNotFound(group.to_string()));
+        }
+        let ends = self.end_offsets(keys.iter())?;
+        let at_ms = now_ms();
+        tracing::debug!(
+            group,
+            partitions = keys.len(),
+            group_ms = t_group.as_millis() as u64,
+            metadata_ms = (t_meta - t_group).as_millis() as u64,
+            committed_ms = (t_committed - t_meta).as_millis() as u64,
+            end_ms = (t0.elapsed() - t_committed).as_millis() as u64,
+            "group read"
+        );
+        let partitions = keys
+            .into_iter()
+            .map(|(topic, partition)| {
+                let key = (topic, partition);
+                PartitionOffsets {
+                    committed: committed.get(&key).copied(),
+                    end: ends.get(&key).copied().unwrap_or(0),
+                    owner: owners.get(&key).copied(),
+                    topic: key.0,
+                    partition: key.1,
+                }
+            })
+            .collect();
+        Ok(GroupSnapshot {
+            info,
+            partitions,
+            at_ms,
+        })
+    }
+
+    /// Committed offsets of `group` on every partition of `topics` (Kafka
+    /// answers one `OffsetFetch` for all of them); partitions never committed
+    /// are left out.
+    fn committed(
+        &self,
+        group: &str,
+        topics: &BTreeMap<String, i32>,
+    ) -> Result<BTreeMap<(String, i32), i64>, LagError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, n) in topics {
+            for p in 0..*n {
+                tpl.add_partition(t, p);
+            }
+        }
+        let mut consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
+        if !consumers.contains_key(group) {
+            let c: BaseConsumer = Self::consumer_config(&self.kafka, Some(group))
+                .create()
+                .map_err(kafka("creating the offset reader"))?;
+            consumers.insert(group.to_string(), c);
+        }
+        let Some(c) = consumers.get(group) else {
+            return Ok(BTreeMap::new());
+        };
+        let got = c
+            .committed_offsets(tpl, self.timeout)
+            .map_err(kafka(format!("reading committed offsets of {group}")))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if e.error().is_ok() => {
+                    Some(((e.topic().to_string(), e.partition()), o))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Log-end offsets of `partitions`, in one batched request per broker.
+    pub fn end_offsets<'a>(
+        &self,
+        partitions: impl Iterator<Item = &'a (String, i32)>,
+    ) -> Result<HashMap<(String, i32), i64>, LagError> {
+        self.offsets_at(partitions, Offset::End)
+    }
+
+    /// For each partition, the offset of the first record appended at or
+    /// after `at_ms` (the log end at that time); partitions with no such
+    /// record are left out.
+    pub fn offsets_at_time<'a>(
+        &self,
+        partitions: impl Iterator<Item = &'a (String, i32)>,
+        at_ms: i64,
+    ) -> Result<HashMap<(String, i32), i64>, LagError> {
+        self.offsets_at(partitions, Offset::Offset(at_ms.max(0)))
+    }
+
+    fn offsets_at<'a>(
+        &self,
+        partitions: impl Iterator<Item = &'a (String, i32)>,
+        spec: Offset,
+    ) -> Result<HashMap<(String, i32), i64>, LagError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition_offset(t, *p, spec)
+                .map_err(kafka("building the offsets request"))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(HashMap::new());
+        }
+        let got = self
+            .meta
+            .offsets_for_times(tpl, self.timeout)
+            .map_err(kafka("reading log-end offsets"))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if e.error().is_ok() => {
+                    Some(((e.topic().to_string(), e.partition()), o))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn kafka_err(what: &'static str) -> impl FnOnce(KafkaError) -> LagError {
+    kafka(what)
+}

@@ -1,0 +1,288 @@
+//! `weir lag describe` against Kafka's own consumer-groups tool, from the
+//! same Kafka jars as the broker, for a group reading several topics and
+//! partitions: with a member, then with none.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use weir_testkit::groups::{delete_groups, produce, GroupMember};
+use weir_testkit::{repo_root, stack, unique, TestTopics};
+
+fn weir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// One row, as both tools report it: committed, end, lag, member, host,
+/// client id (`None` where a tool prints "-").
+type Row = (
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn dash(s: &str) -> Option<String> {
+    (s != "-").then(|| s.to_string())
+}
+
+/// Runs Kafka's `ConsumerGroupCommand --describe` and parses its table.
+fn kafka_tool(brokers: &str, group: &str) -> BTreeMap<(String, i32), Row> {
+    let out = Command::new(repo_root().join("deploy/local/kafka-class"))
+        .args([
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--group",
+            group,
+        ])
+        .output()
+        .expect("run Kafka's consumer-groups tool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Kafka's tool failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || f[0] != group {
+            continue;
+        }
+        let num = |s: &str| s.parse::<i64>().ok();
+        rows.insert(
+            (f[1].to_string(), f[2].parse().expect("partition")),
+            (
+                num(f[3]),
+                num(f[4]).expect("log-end offset"),
+                num(f[5]),
+                dash(f[6]),
+                dash(f[7]),
+                dash(f[8]),
+            ),
+        );
+    }
+    rows
+}
+
+/// Runs `weir lag describe --json`; returns its rows and exit code.
+fn weir_lag(brokers: &str, group: &str) -> (BTreeMap<(String, i32), Row>, Value, i32) {
+    let out = Command::new(weir())
+        .args(["lag", "describe", group, "--json"])
+        .env("WEIR_KAFKA_BROKERS", brokers)
+        .output()
+        .expect("run weir lag describe");
+    let code = out.status.code().unwrap_or(-1);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "weir lag describe printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let mut rows = BTreeMap::new();
+    for p in doc["partitions"].as_array().expect("partitions") {
+        let s = |k: &str| p[k].as_str().map(str::to_string);
+        rows.insert(
+            (
+                p["topic"].as_str().expect("topic").to_string(),
+                p["partition"].as_i64().expect("partition") as i32,
+            ),
+            (
+                p["committed"].as_i64(),
+                p["end"].as_i64().expect("end"),
+                p["lag"].as_i64(),
+                s("member_id"),
+                s("host"),
+                s("client_id"),
+            ),
+        );
+    }
+    (rows, doc, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_matches_kafkas_consumer_groups_tool() {
+    let st = stack();
+    st.require_kafka();
+    let topics = TestTopics::create(&st, 3).await;
+    let (h, a) = (topics.health.as_str(), topics.access.as_str());
+    for (t, p, n) in [(h, 0, 10), (h, 1, 20), (h, 2, 5), (a, 0, 7), (a, 2, 15)] {
+        produce(&st.kafka, t, p, n).await;
+    }
+    let group = unique("lag-e2e");
+    let member = GroupMember::join(&st.kafka, &group, "lag-e2e-member", &[h, a], 6);
+    // health/2 and access/1 are never committed.
+    member.commit(&[(h, 0, 4), (h, 1, 20), (a, 0, 7), (a, 2, 3)]);
+
+    // Both tools at the same time (nothing is produced or committed now).
+    let (brokers, g) = (st.kafka.clone(), group.clone());
+    let theirs = std::thread::spawn(move || kafka_tool(&brokers, &g));
+    let (ours, doc, code) = weir_lag(&st.kafka, &group);
+    let theirs = theirs.join().expect("tool thread");
+    assert_eq!(ours, theirs, "weir vs Kafka's tool with a member");
+    assert_eq!(ours.len(), 6, "every assigned partition is shown");
+    assert_eq!(
+        ours[&(h.to_string(), 2)].0,
+        None,
+        "never committed shows plainly"
+    );
+    assert_eq!(doc["total_lag"], 6 + 12);
+    assert_eq!(doc["members"], 1);
+    assert_eq!(doc["uncommitted_partitions"], 2);
+    assert_eq!(code, 0, "one reading of a group with members is ok");
+    // Lag in seconds, from the broker's time index on a single reading: the
+    // records were produced seconds ago.
+    for p in doc["partitions"].as_array().expect("partitions") {
+        if p["lag"].as_i64().is_some_and(|l| l > 0) {
+            let s = p["lag_seconds"].as_f64().expect("lag in seconds");
+            assert!((0.0..120.0).contains(&s), "lag in seconds {s} for {p}");
+        }
+    }
+
+    // --watch --json: one document per reading; the window fills up.
+    let out = Command::new(weir())
+        .args([
+            "lag", "describe", &group, "--json", "--watch", "--count", "3",
+        ])
+        .args(["--interval", "200ms", "--window", "1s"])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir lag describe --watch");
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect();
+    assert_eq!(docs.len(), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(docs[0]["observed_seconds"], 0.0);
+    assert!(docs[2]["observed_seconds"]
+        .as_f64()
+        .is_some_and(|s| s >= 0.3));
+    assert!(docs.iter().all(|d| d["total_lag"] == 18));
+
+    // The member leaves: the lag stays visible, and a group with lag and no
+    // member is stopped (exit 5).
+    member.leave();
+    let (brokers, g) = (st.kafka.clone(), group.clone());
+    let start = std::time::Instant::now();
+    loop {
+        let (ours, doc, code) = weir_lag(&st.kafka, &group);
+        if doc["members"] == 0 {
+            let theirs = kafka_tool(&brokers, &g);
+            assert_eq!(ours, theirs, "weir vs Kafka's tool without members");
+            assert_eq!(ours.len(), 4, "only committed partitions remain");
+            assert_eq!(doc["total_lag"], 18);
+            assert_eq!(doc["status"], "stopped");
+            assert_eq!(code, 5);
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the member never left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    delete_groups(&st.kafka, &[&group]);
+
+    // A group that does not exist: exit 3.
+    let out = Command::new(weir())
+        .args(["lag", "describe", &unique("no-such-group")])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+/// `weir lag advise` on a group that takes 2 records for every 5 produced, on
+/// one partition: one consumer at most, more partitions, a producer cap, a
+/// growing backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_measures_rates_and_applies_the_playbook() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let st = stack();
+    st.require_kafka();
+    let topics = TestTopics::create(&st, 1).await;
+    let topic = topics.health.clone();
+    produce(&st.kafka, &topic, 0, 10).await;
+    let group = unique("lag-advise");
+    let member = GroupMember::join(&st.kafka, &group, "advise", &[&topic], 1);
+    member.commit(&[(&topic, 0, 0)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let driver = std::thread::spawn({
+        let (brokers, topic, stop) = (st.kafka.clone(), topic.clone(), stop.clone());
+        move || {
+            use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+            let p: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("producer");
+            let mut committed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..50 {
+                    let _ = p.send(BaseRecord::<(), str>::to(&topic).partition(0).payload("x"));
+                }
+                let _ = p.flush(Duration::from_secs(5));
+                committed += 20;
+                member.commit(&[(&topic, 0, committed)]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let out = Command::new(weir())
+        .args(["lag", "advise", &group, "--window", "3s", "--json"])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir lag advise");
+    stop.store(true, Ordering::Relaxed);
+    driver.join().expect("driver");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let m = &a["measured"];
+    let (prod, cons) = (
+        m["produce_per_s"].as_f64().expect("produce"),
+        m["consume_per_s"].as_f64().expect("consume"),
+    );
+    assert!(prod > 0.0 && cons > 0.0 && prod > 1.8 * cons, "{m}");
+    assert_eq!(
+        a["consumers"], 1,
+        "never more consumers than partitions: {a}"
+    );
+    assert!(
+        a["partitions_needed"].as_u64().is_some_and(|n| n >= 2),
+        "{a}"
+    );
+    assert!(
+        a["producer_cap_per_s"].as_f64().is_some_and(|c| c < prod),
+        "{a}"
+    );
+    assert_eq!(a["shrinking"], false);
+    let lines: Vec<&str> = a["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("partitions:") && l.contains("weir topics scale")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("backlog: growing")),
+        "{lines:?}"
+    );
+    delete_groups(&st.kafka, &[&group]);
+}
