@@ -152,6 +152,11 @@ pub async fn run(
             _ = tokio::time::sleep(cfg.lag.interval) => {}
         }
     };
+    // The reader only read: no commit, no record in flight. Closing its
+    // Kafka clients (librdkafka waits for every broker thread to finish)
+    // would only delay the exit of a command scripts call in loops, so they
+    // are left for the operating system to close with the process.
+    std::mem::forget(reader);
     if code == 0 {
         Ok(())
     } else {

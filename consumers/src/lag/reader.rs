@@ -208,6 +208,9 @@ impl LagReader {
     /// Reads one group: members, committed and log-end offsets.
     pub fn snapshot(&self, group: &str) -> Result<GroupSnapshot, LagError> {
         let t0 = std::time::Instant::now();
+        // Create the group's offset reader first: librdkafka starts looking
+        // up the group coordinator at once, while we read the group list.
+        self.ensure_group_consumer(group)?;
         let info = self
             .groups(Some(group))?
             .into_iter()
@@ -286,13 +289,8 @@ impl LagReader {
                 tpl.add_partition(t, p);
             }
         }
-        let mut consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
-        if !consumers.contains_key(group) {
-            let c: BaseConsumer = Self::consumer_config(&self.kafka, Some(group))
-                .create()
-                .map_err(kafka("creating the offset reader"))?;
-            consumers.insert(group.to_string(), c);
-        }
+        self.ensure_group_consumer(group)?;
+        let consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
         let Some(c) = consumers.get(group) else {
             return Ok(BTreeMap::new());
         };
@@ -309,6 +307,18 @@ impl LagReader {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Creates the consumer that reads `group`'s committed offsets, once.
+    fn ensure_group_consumer(&self, group: &str) -> Result<(), LagError> {
+        let mut consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
+        if !consumers.contains_key(group) {
+            let c: BaseConsumer = Self::consumer_config(&self.kafka, Some(group))
+                .create()
+                .map_err(kafka("creating the offset reader"))?;
+            consumers.insert(group.to_string(), c);
+        }
+        Ok(())
     }
 
     /// Log-end offsets of `partitions`, in one batched request per broker.
