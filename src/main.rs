@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod edge;
 mod roles;
 mod telemetry;
 mod topics;
@@ -103,6 +104,14 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 cfg.center.addr = addr.clone();
             }
         }
+        Command::Edge(a) => {
+            if let Some(addr) = &a.addr {
+                cfg.edge.addr = addr.clone();
+            }
+            if let Some(addr) = &a.admin_addr {
+                cfg.edge.admin_addr = addr.clone();
+            }
+        }
         Command::Topics(_) | Command::Config => {}
     }
     cfg.validate()?;
@@ -115,7 +124,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let needs_metrics = !matches!(cli.command, Command::Topics(_) | Command::Config);
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
-            telemetry::spawn_metrics_server(l, handle, shutdown.clone());
+            telemetry::spawn_metrics_server(l, handle.clone(), shutdown.clone());
         }
     }
     match cli.command {
@@ -140,6 +149,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Center(_) => {
             let listener = roles::bind_center(&cfg).await?;
             roles::center(&cfg, listener, shutdown).await
+        }
+        Command::Edge(_) => {
+            let (client, admin) = edge::bind(&cfg).await?;
+            edge::run(&cfg, client, admin, handle, shutdown).await
         }
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
