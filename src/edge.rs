@@ -39,7 +39,7 @@ pub async fn run(
     cfg: &Config,
     client: TcpListener,
     admin: TcpListener,
-    metrics: PrometheusHandle,
+    metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisHandle::new(&cfg.redis).context("redis.url")?);
@@ -63,10 +63,10 @@ pub async fn run(
             cfg.edge.resolved_disk_dir().display()
         )
     })?;
-    let extra = Router::new().route(
-        "/metrics",
-        get(move || std::future::ready(metrics.render())),
-    );
+    let extra = match metrics {
+        Some(m) => Router::new().route("/metrics", get(move || std::future::ready(m.render()))),
+        None => Router::new(),
+    };
     weir_edge::objects::serve(client, admin, edge, extra, shutdown)
         .await
         .context("edge server")?;

@@ -152,7 +152,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Edge(_) => {
             let (client, admin) = edge::bind(&cfg).await?;
-            edge::run(&cfg, client, admin, handle, shutdown).await
+            edge::run(&cfg, client, admin, Some(handle), shutdown).await
         }
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
