@@ -414,6 +414,30 @@ impl Config {
                 "must hold at least one slice",
             ));
         }
+        if e.upload_max == 0 {
+            return Err(ConfigError::new("edge.upload_max", "must be at least 1"));
+        }
+        if e.fetch_max_redirects > 20 {
+            return Err(ConfigError::new(
+                "edge.fetch_max_redirects",
+                "must be at most 20",
+            ));
+        }
+        if e.fetch_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "edge.fetch_timeout",
+                "must be more than 0s",
+            ));
+        }
+        let public_ok = e.public_url.is_empty()
+            || e.public_url.starts_with("http://")
+            || e.public_url.starts_with("https://");
+        if !public_ok {
+            return Err(ConfigError::new(
+                "edge.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if e.fresh_for.is_zero() {
             return Err(ConfigError::new("edge.fresh_for", "must be more than 0s"));
         }

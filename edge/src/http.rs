@@ -22,6 +22,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status, with a machine-readable code and a message for people.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// 400 with a message naming the offending parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {

@@ -14,6 +14,7 @@ pub mod objects;
 pub mod origin;
 pub mod ranges;
 pub mod tiers;
+pub mod upload;
 
 pub use center::{CenterConfig, CenterState};
 pub use objects::{Edge, EdgeConfig};

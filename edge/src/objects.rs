@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
@@ -93,6 +94,16 @@ pub struct EdgeConfig {
     pub disk_dir: String,
     /// Byte budget of the disk tier.
     pub disk_budget: u64,
+    /// Largest body `POST /upload` and `POST /fetch` accept.
+    pub upload_max: u64,
+    /// Redirects `POST /fetch` follows.
+    pub fetch_max_redirects: usize,
+    /// Bound on a whole `POST /fetch` download.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Base of the URLs answered for uploaded objects; empty:
+    /// `http://{edge.addr}`.
+    pub public_url: String,
 }
 
 impl Default for EdgeConfig {
@@ -112,6 +123,10 @@ impl Default for EdgeConfig {
             slice_size: 4 * MIB,
             disk_dir: String::new(),
             disk_budget: 10 * 1024 * MIB,
+            upload_max: 100 * MIB,
+            fetch_max_redirects: 3,
+            fetch_timeout: Duration::from_secs(30),
+            public_url: String::new(),
         }
     }
 }
@@ -124,6 +139,14 @@ impl EdgeConfig {
         } else {
             self.disk_dir.clone().into()
         }
+    }
+}
+
+fn public_url(cfg: &EdgeConfig) -> String {
+    if cfg.public_url.is_empty() {
+        format!("http://{}", cfg.addr)
+    } else {
+        cfg.public_url.trim_end_matches('/').to_string()
     }
 }
 
@@ -235,6 +258,8 @@ pub struct Edge {
     slices: Flights<String, Bytes>,
     heads: Flights<String, Option<ObjectMeta>>,
     access: Option<AccessLog>,
+    fetcher: reqwest::Client,
+    public_url: String,
 }
 
 impl Edge {
@@ -261,7 +286,15 @@ impl Edge {
             .time_to_live(cfg.fresh_for.max(cfg.negative_ttl) + cfg.stale_grace)
             .support_invalidation_closures()
             .build();
+        let fetcher = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(cfg.fetch_max_redirects))
+            .timeout(cfg.fetch_timeout)
+            .connect_timeout(cfg.fetch_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(std::io::Error::other)?;
         Ok(Arc::new(Edge {
+            fetcher,
+            public_url: public_url(&cfg),
             memory: memory_tier(cfg.memory_budget),
             bucket: s3.bucket.clone(),
             origin: Origin::new(s3),
@@ -279,6 +312,42 @@ impl Edge {
     /// The S3 client (uploads, tests).
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// Bucket served at `/{key}`.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Buckets served at `/{bucket}/{key}` (empty: single-bucket paths).
+    pub fn buckets(&self) -> &[String] {
+        &self.cfg.buckets
+    }
+
+    /// `edge.upload_max`.
+    pub fn upload_max(&self) -> u64 {
+        self.cfg.upload_max
+    }
+
+    /// HTTP client of `POST /fetch` (redirect and time limits applied).
+    pub fn fetcher(&self) -> &reqwest::Client {
+        &self.fetcher
+    }
+
+    /// The edge URL of an object, percent-encoded.
+    pub fn url_of(&self, obj: &ObjectKey) -> String {
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~')
+            .remove(b'/');
+        let key = percent_encoding::utf8_percent_encode(&obj.key, SEGMENT);
+        if self.cfg.buckets.is_empty() {
+            format!("{}/{key}", self.public_url)
+        } else {
+            format!("{}/{}/{key}", self.public_url, obj.bucket)
+        }
     }
 
     async fn remember(&self, obj: &ObjectKey, meta: Option<ObjectMeta>) {
@@ -358,6 +427,7 @@ impl Edge {
             let origin_us = t.elapsed().as_micros() as u64;
             match res {
                 Ok(Some(m)) if m.etag == o.meta.etag => {
+                    self.remember(obj, Some(m)).await;
                     let fresh = Arc::new(CachedObject {
                         meta: o.meta.clone(),
                         body: o.body.clone(),
@@ -821,6 +891,11 @@ pub async fn serve(
         .route("/readyz", get(|| async { "ok" }))
         .route("/cache", delete(purge_prefix))
         .route("/cache/{*key}", delete(purge_one))
+        .route(
+            "/upload",
+            post(crate::upload::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/fetch", post(crate::upload::fetch))
         .with_state(edge)
         .merge(extra_admin);
     info!(client = %client.local_addr()?, admin = %admin.local_addr()?, "edge listening");

@@ -884,3 +884,122 @@ async fn one_access_event_per_request() {
     assert_eq!(events[1].range.as_deref(), Some("bytes=0-4"));
     h.delete(&key).await;
 }
+
+/// A source for `/fetch`: `/r/{n}` redirects n times, then answers `body`.
+async fn redirecting_source(body: Bytes) -> String {
+    use axum::extract::Path;
+    use axum::response::{IntoResponse, Redirect};
+    let app = Router::new().route(
+        "/r/{n}",
+        axum::routing::get(move |Path(n): Path<u32>| {
+            let body = body.clone();
+            async move {
+                if n == 0 {
+                    body.into_response()
+                } else {
+                    Redirect::temporary(&format!("/r/{}", n - 1)).into_response()
+                }
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
+    let mut opts = Options::default();
+    opts.edge.upload_max = 4096;
+    opts.edge.public_url = "http://edge.example".into();
+    let h = start(opts).await;
+    let key = h.key("up/hello world.txt");
+    let boundary = "weirboundary42";
+    let form = |key: &str, content: &[u8]| {
+        let mut b = Vec::new();
+        b.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{key}\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes());
+        b.extend_from_slice(content);
+        b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        b
+    };
+    let post_form = |body: Vec<u8>| {
+        h.http
+            .post(format!("{}/upload", h.admin))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+    };
+    let r = post_form(form(&key, b"uploaded through the edge"))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let path = format!("/{}/up/hello%20world.txt", h.prefix);
+    assert_eq!(v["url"], format!("http://edge.example{path}"));
+    let got = h.get(&path, &[]).await;
+    assert_eq!(got.headers()["content-type"], "text/plain");
+    assert_eq!(got.text().await.expect("body"), "uploaded through the edge");
+    // Over the limit; a bad key.
+    let r = post_form(form(&h.key("big"), &[b'x'; 5000]))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 413);
+    let r = post_form(form("a/../b", b"x")).await.expect("upload");
+    assert_eq!(r.status(), 400);
+    // Not on the client address.
+    let r = h
+        .http
+        .post(format!("{}/upload", h.url))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 405);
+
+    let source = redirecting_source(Bytes::from_static(b"fetched body")).await;
+    let fkey = h.key("fetched.txt");
+    let fetch = |url: String, key: String| {
+        h.http
+            .post(format!("{}/fetch", h.admin))
+            .json(&serde_json::json!({ "url": url, "key": key }))
+            .send()
+    };
+    let r = fetch(format!("{source}/r/2"), fkey.clone())
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        h.get(&format!("/{fkey}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "fetched body"
+    );
+    let r = fetch(format!("{source}/r/5"), h.key("too-far"))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        r.status(),
+        400,
+        "more redirects than edge.fetch_max_redirects"
+    );
+    let big = redirecting_source(Bytes::from(vec![b'y'; 5000])).await;
+    let r = fetch(format!("{big}/r/0"), h.key("too-big"))
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 413);
+    for k in [&key, &fkey] {
+        h.delete(k).await;
+    }
+}
