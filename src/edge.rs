@@ -71,5 +71,10 @@ pub async fn run(
         .await
         .context("edge server")?;
     let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_DRAIN)).await;
+    if cfg.edge.disk_dir.is_empty() {
+        // The default directory is this process's own: nothing else will
+        // ever read it.
+        let _ = std::fs::remove_dir_all(cfg.edge.resolved_disk_dir());
+    }
     Ok(())
 }

@@ -914,6 +914,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// A request id unique across processes and restarts without a random
+/// number per request: a random process prefix and a counter.
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
+    format!("{prefix}{:016x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Records the access event when the body is done (or dropped).
 struct AccessGuard {
     edge: Arc<Edge>,
@@ -939,7 +950,7 @@ async fn client_request(
 ) -> Response {
     let start = Instant::now();
     let ts = Utc::now();
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let request_id = next_request_id();
     let method = req.method().clone();
     let headers = req.headers();
     let raw_path = req.uri().path();
