@@ -189,3 +189,99 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
+    let st = stack();
+    st.require_redis();
+    let redis = TestRedis::new(&st);
+    let s3 = PrivateService::start("s3");
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let client = s3_client(&endpoint);
+    let start = Instant::now();
+    while client.create_bucket().bucket("weir").send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "private S3 bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .put_object()
+        .bucket("weir")
+        .key("small.txt")
+        .body(ByteStream::from_static(b"small"))
+        .send()
+        .await
+        .expect("upload");
+    // Kafka is a port nobody listens on, and the producer's queue holds one
+    // record: every event after the first must be shed, and no request may
+    // wait for Kafka.
+    let dead_kafka = free_addr();
+    let (addr, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(unique("weir-edge-shed"));
+    let env: Vec<(String, String)> = [
+        ("WEIR_S3_ENDPOINT", endpoint.clone()),
+        ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
+        ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
+        ("WEIR_KAFKA_BROKERS", dead_kafka.to_string()),
+        ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1".into()),
+        ("WEIR_REDIS_URL", redis.url.clone()),
+        ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
+        ("WEIR_EDGE_ADDR", addr.to_string()),
+        ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
+        ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+        ("WEIR_METRICS_ADDR", String::new()),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    let http = reqwest::Client::new();
+    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{admin}/livez"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    let t = Instant::now();
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://{addr}/small.txt"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "small");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "20 requests took {:?} with Kafka gone",
+        t.elapsed()
+    );
+    let metrics = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let shed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_edge_access_events_shed_total{reason=\"queue_full\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        shed >= 19,
+        "shed events counted in /metrics: {shed}\n{metrics}"
+    );
+    let status = edge.terminate(Duration::from_secs(20));
+    assert!(status.is_some(), "edge stops with Kafka gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
