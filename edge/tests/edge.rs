@@ -1003,3 +1003,26 @@ async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
         h.delete(k).await;
     }
 }
+
+#[tokio::test]
+async fn bucket_in_the_path_when_several_buckets_are_served() {
+    let bucket = s3_config(None).bucket;
+    let mut opts = Options::default();
+    opts.edge.buckets = vec![bucket.clone()];
+    let h = start(opts).await;
+    let key = h.key("in-bucket.txt");
+    h.put(&key, Bytes::from_static(b"bucket addressed")).await;
+    let r = h.get(&format!("/{bucket}/{key}"), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "bucket addressed");
+    assert_eq!(
+        h.get(&format!("/{key}"), &[]).await.status(),
+        400,
+        "no bucket in the path"
+    );
+    assert_eq!(
+        h.get(&format!("/not-served/{key}"), &[]).await.status(),
+        400
+    );
+    h.delete(&key).await;
+}
