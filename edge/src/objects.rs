@@ -535,6 +535,9 @@ impl Edge {
                 self.serve_large(obj, m, Instant::now(), h, head, outcome, origin_us)
                     .await
             }
+            // The object changed between the two requests of a fill:
+            // retried once with whatever it is now.
+            Err(OriginError::Changed) => Err(Fail::Changed),
             Err(e) => {
                 // A large object whose metadata went stale: its slices on
                 // disk are still good within the grace period.
