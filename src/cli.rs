@@ -34,6 +34,8 @@ pub enum Command {
     Consume(ConsumeCommand),
     /// Serve the fleet's health API and live stream.
     Center(CenterArgs),
+    /// Serve S3 objects to CDN clients from memory and disk caches.
+    Edge(EdgeArgs),
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -181,6 +183,17 @@ pub struct CenterArgs {
     /// Listen address (overrides center.addr).
     #[arg(long, value_name = "ADDR")]
     pub addr: Option<String>,
+}
+
+/// `weir edge`.
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Client listen address (overrides edge.addr).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// Admin listen address (overrides edge.admin_addr).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<String>,
 }
 
 /// `weir topics …`.

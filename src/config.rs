@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use weir_consumers::{ConsumerConfig, DatabaseConfig, LagConfig, RedisConfig};
-use weir_edge::CenterConfig;
+use weir_edge::{CenterConfig, EdgeConfig, S3Config};
 use weir_producers::{AgentConfig, KafkaConfig};
 
 /// A configuration error, naming the key at fault.
@@ -143,6 +143,10 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// Center API.
     pub center: CenterConfig,
+    /// S3 origin of the edge.
+    pub s3: S3Config,
+    /// Object edge.
+    pub edge: EdgeConfig,
     /// Metrics server.
     pub metrics: MetricsConfig,
     /// Logging.
@@ -160,11 +164,6 @@ const NON_CONFIG_ENV: &[&str] = &[
     "WEIR_STACK_DIR",
     "WEIR_KAFKA_LIBS",
     "WEIR_DEPLOY_LOCAL",
-    "WEIR_S3_ENDPOINT",
-    "WEIR_S3_BUCKET",
-    "WEIR_S3_REGION",
-    "WEIR_S3_ACCESS_KEY_ID",
-    "WEIR_S3_SECRET_ACCESS_KEY",
     "WEIR_TEST_LOGS",
 ];
 
@@ -205,6 +204,9 @@ impl Config {
         let mut c = self.clone();
         c.database.url = mask_password(&c.database.url);
         c.redis.url = mask_password(&c.redis.url);
+        if !c.s3.secret_access_key.is_empty() {
+            c.s3.secret_access_key = "***".into();
+        }
         Ok(toml::to_string(&c)?)
     }
 
@@ -314,6 +316,7 @@ impl Config {
         if !self.metrics.addr.is_empty() {
             parse_addr("metrics.addr", &self.metrics.addr)?;
         }
+        self.validate_edge()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::new(
                 "log.level",
@@ -352,6 +355,126 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let s3 = &self.s3;
+        if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "s3.endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let valid_bucket = |b: &str| {
+            (3..=63).contains(&b.len())
+                && b.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        };
+        if !valid_bucket(&s3.bucket) {
+            return Err(ConfigError::new(
+                "s3.bucket",
+                format!("{:?} is not an S3 bucket name", s3.bucket),
+            ));
+        }
+        if s3.region.is_empty() {
+            return Err(ConfigError::new(
+                "s3.region",
+                "must be set (requests are signed with it)",
+            ));
+        }
+        if s3.timeout < Duration::from_millis(10) || s3.timeout > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "s3.timeout",
+                "must be between 10ms and 5m",
+            ));
+        }
+        if !(1..=10).contains(&s3.max_attempts) {
+            return Err(ConfigError::new(
+                "s3.max_attempts",
+                "must be between 1 and 10",
+            ));
+        }
+        let e = &self.edge;
+        let client = parse_addr("edge.addr", &e.addr)?;
+        let admin = parse_addr("edge.admin_addr", &e.admin_addr)?;
+        if client == admin && client.port() != 0 {
+            return Err(ConfigError::new(
+                "edge.admin_addr",
+                "must differ from edge.addr",
+            ));
+        }
+        if let Some(b) = e.buckets.iter().find(|b| !valid_bucket(b)) {
+            return Err(ConfigError::new(
+                "edge.buckets",
+                format!("{b:?} is not an S3 bucket name"),
+            ));
+        }
+        if invalid_header_value(&e.cache_control) {
+            return Err(ConfigError::new(
+                "edge.cache_control",
+                "must be a valid header value",
+            ));
+        }
+        if e.slice_size < 64 * 1024 || e.slice_size > 256 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "edge.slice_size",
+                "must be between 64 KiB and 256 MiB",
+            ));
+        }
+        if e.memory_object_max < e.slice_size || e.memory_object_max > u64::from(u32::MAX) {
+            return Err(ConfigError::new(
+                "edge.memory_object_max",
+                "must be at least edge.slice_size and below 4 GiB",
+            ));
+        }
+        if e.memory_budget < e.memory_object_max {
+            return Err(ConfigError::new(
+                "edge.memory_budget",
+                "must be at least edge.memory_object_max",
+            ));
+        }
+        if e.disk_budget < e.slice_size {
+            return Err(ConfigError::new(
+                "edge.disk_budget",
+                "must hold at least one slice",
+            ));
+        }
+        if e.upload_max == 0 {
+            return Err(ConfigError::new("edge.upload_max", "must be at least 1"));
+        }
+        if e.fetch_max_redirects > 20 {
+            return Err(ConfigError::new(
+                "edge.fetch_max_redirects",
+                "must be at most 20",
+            ));
+        }
+        if e.fetch_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "edge.fetch_timeout",
+                "must be more than 0s",
+            ));
+        }
+        let public_ok = e.public_url.is_empty()
+            || e.public_url.starts_with("http://")
+            || e.public_url.starts_with("https://");
+        if !public_ok {
+            return Err(ConfigError::new(
+                "edge.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if e.fresh_for.is_zero() {
+            return Err(ConfigError::new("edge.fresh_for", "must be more than 0s"));
+        }
+        Ok(())
+    }
+}
+
+/// Header values are visible ASCII, space and tab.
+fn invalid_header_value(v: &str) -> bool {
+    v.bytes()
+        .any(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
 }
 
 /// `scheme://user:secret@host` → `scheme://user:***@host`.
@@ -529,6 +652,26 @@ mod tests {
     }
 
     #[test]
+    fn s3_settings_come_from_the_local_stack_variables() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000"),
+                ("WEIR_S3_BUCKET", "weir"),
+                ("WEIR_S3_REGION", "us-east-1"),
+                ("WEIR_S3_ACCESS_KEY_ID", "test"),
+                ("WEIR_S3_SECRET_ACCESS_KEY", "hunter2"),
+                ("WEIR_EDGE_SLICE_SIZE", "1048576"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.s3.access_key_id, "test");
+        assert_eq!(c.edge.slice_size, 1_048_576);
+        let text = c.to_toml_masked().expect("toml");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = Config::load(None, env(&[])).expect("defaults load");
         assert_eq!(c.agent.interval, Duration::from_secs(1));
@@ -597,6 +740,23 @@ mod tests {
             (None, vec![("WEIR_LAG_WINDOW", "1s")], "lag.window"),
             (None, vec![("WEIR_LAG_INTERVAL", "soon")], "lag.interval"),
             (Some("[lag]\nthreshhold = 5\n"), vec![], "lag"),
+            (None, vec![("WEIR_S3_ENDPOINT", "s3.local")], "s3.endpoint"),
+            (None, vec![("WEIR_S3_BUCKET", "Bad_Bucket")], "s3.bucket"),
+            (
+                None,
+                vec![("WEIR_EDGE_SLICE_SIZE", "12")],
+                "edge.slice_size",
+            ),
+            (
+                None,
+                vec![("WEIR_EDGE_ADMIN_ADDR", "127.0.0.1:8080")],
+                "edge.admin_addr",
+            ),
+            (
+                None,
+                vec![("WEIR_EDGE_FRESH_FOR", "soon")],
+                "edge.fresh_for",
+            ),
         ];
         for (file, vars, key) in cases {
             let f = file.map(write);

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod dlq;
+mod edge;
 mod gen;
 mod lag;
 mod roles;
@@ -126,6 +127,14 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
         }
         Command::Lag(LagCommand::Advise(_)) => {}
         Command::Topics(_) | Command::Config | Command::Gen(_) | Command::Dlq(_) => {}
+        Command::Edge(a) => {
+            if let Some(addr) = &a.addr {
+                cfg.edge.addr = addr.clone();
+            }
+            if let Some(addr) = &a.admin_addr {
+                cfg.edge.admin_addr = addr.clone();
+            }
+        }
     }
     cfg.validate()?;
     Ok(cfg)
@@ -143,7 +152,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     );
     if needs_metrics {
         if let Some(l) = telemetry::bind_metrics(&cfg.metrics.addr).await? {
-            telemetry::spawn_metrics_server(l, handle, shutdown.clone());
+            telemetry::spawn_metrics_server(l, handle.clone(), shutdown.clone());
         }
     }
     match cli.command {
@@ -254,6 +263,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
         Command::Lag(LagCommand::Advise(a)) => lag::advise(&cfg, &a, shutdown).await,
+        Command::Edge(_) => {
+            let (client, admin) = edge::bind(&cfg).await?;
+            edge::run(&cfg, client, admin, Some(handle), shutdown).await
+        }
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())

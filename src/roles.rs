@@ -155,8 +155,8 @@ pub async fn center(
         .context("center server")
 }
 
-/// `weir up`: topics, migrations, the agent, N health members and the center
-/// in one process.
+/// `weir up`: topics, migrations, the agent, N health members, the center
+/// and the edge in one process.
 pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     crate::topics::ensure(&cfg.kafka, &cfg.topics)
         .await
@@ -165,10 +165,20 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
     migrate(&pool, &shutdown).await?;
     let listener = bind_center(cfg).await?;
     let addr = listener.local_addr()?;
+    let (edge_client, edge_admin) = crate::edge::bind(cfg).await?;
+    let edge_addr = edge_client.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (c, s) = (cfg.clone(), shutdown.clone());
         tasks.spawn(async move { center(&c, listener, s).await.map(|_| "center".to_string()) });
+    }
+    {
+        let (c, s) = (cfg.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::edge::run(&c, edge_client, edge_admin, None, s)
+                .await
+                .map(|_| "edge".to_string())
+        });
     }
     for i in 0..cfg.up.consumers {
         let (c, s) = (cfg.clone(), shutdown.clone());
@@ -192,7 +202,7 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
             })
         });
     }
-    print_banner(cfg, addr);
+    print_banner(cfg, addr, edge_addr);
     let mut failed = false;
     while let Some(res) = tasks.join_next().await {
         match res {
@@ -218,17 +228,21 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print_banner(cfg: &Config, addr: std::net::SocketAddr) {
+fn print_banner(cfg: &Config, addr: std::net::SocketAddr, edge: std::net::SocketAddr) {
     let node = cfg.agent.resolved_node_id();
     println!(
         "\nweir up: agent ({node}) → Kafka {brokers} → {n} health consumers → Redis + PostgreSQL → center\n\
          \n  Center API   http://{addr}/api/v1/nodes\n\
          \n  Try:\n    curl -s http://{addr}/api/v1/nodes | jq .\n    curl -s http://{addr}/api/v1/nodes/{node} | jq .\n    \
          curl -s http://{addr}/api/v1/fleet\n    curl -s 'http://{addr}/api/v1/uptime' | jq .\n    curl -N http://{addr}/api/v1/stream\n\
+         \n  Edge         http://{edge}/<key>   (S3 {s3}, bucket {bucket}; purge on http://{admin}/cache)\n\
          \n  Metrics      http://{metrics}/metrics\n\
          \n  Ctrl-C stops every role cleanly.\n",
         brokers = cfg.kafka.brokers,
         n = cfg.up.consumers,
+        s3 = cfg.s3.endpoint,
+        bucket = cfg.s3.bucket,
+        admin = cfg.edge.admin_addr,
         metrics = if cfg.metrics.addr.is_empty() { "(disabled)" } else { cfg.metrics.addr.as_str() },
     );
 }

@@ -22,6 +22,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status, with a machine-readable code and a message for people.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// 400 with a message naming the offending parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
@@ -47,6 +56,35 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",
             message: format!("{dependency} is unavailable; retry shortly"),
+        }
+    }
+
+    /// 405: the edge serves `GET` and `HEAD` only.
+    pub fn method_not_allowed() -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            message: "only GET and HEAD are served here".into(),
+        }
+    }
+
+    /// 502: the origin failed or could not be reached.
+    pub fn bad_gateway(detail: impl std::fmt::Display) -> Self {
+        warn!(error = %detail, "origin failed");
+        ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            code: "bad_gateway",
+            message: "the origin failed; retry shortly".into(),
+        }
+    }
+
+    /// 504: the origin did not answer in time.
+    pub fn gateway_timeout() -> Self {
+        warn!("origin timed out");
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: "gateway_timeout",
+            message: "the origin did not answer in time".into(),
         }
     }
 

@@ -1,0 +1,1028 @@
+//! The edge against the real S3 server (moto), Redis and Kafka of the local
+//! stack. Origin requests are counted at the origin, by a small TCP proxy in
+//! front of S3 that counts request lines, not by the edge's own metrics.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use axum::Router;
+use bytes::Bytes;
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use weir_consumers::{RedisConfig, RedisHandle};
+use weir_edge::access::AccessLog;
+use weir_edge::origin::Origin;
+use weir_edge::{Edge, EdgeConfig, S3Config};
+use weir_producers::{EventProducer, KafkaConfig};
+use weir_schemas::{AccessEvent, CacheOutcome};
+use weir_testkit::{stack, unique, PrivateService, TestRedis, TestTopics};
+
+fn s3_config(endpoint: Option<String>) -> S3Config {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    S3Config {
+        endpoint: endpoint.unwrap_or_else(|| var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000")),
+        bucket: var("WEIR_S3_BUCKET", "weir"),
+        region: var("WEIR_S3_REGION", "us-east-1"),
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+        timeout: Duration::from_secs(5),
+        max_attempts: 2,
+    }
+}
+
+/// Counts `GET` request lines going to the origin.
+struct CountingProxy {
+    addr: SocketAddr,
+    gets: Arc<AtomicUsize>,
+}
+
+impl CountingProxy {
+    async fn start(upstream: String) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let gets = Arc::new(AtomicUsize::new(0));
+        let g = gets.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (g, up) = (g.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&up).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        // Request lines start a connection or follow CRLF;
+                        // keep the tail of the previous read for matches
+                        // across reads.
+                        let mut tail: Vec<u8> = b"\r\n".to_vec();
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let mut window = tail.clone();
+                            window.extend_from_slice(&buf[..n]);
+                            let hits = window.windows(6).filter(|w| w == b"\r\nGET ").count();
+                            g.fetch_add(hits, Ordering::SeqCst);
+                            tail = window[window.len().saturating_sub(5)..].to_vec();
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        CountingProxy { addr, gets }
+    }
+
+    fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    url: String,
+    admin: String,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    shutdown: CancellationToken,
+    dir: std::path::PathBuf,
+    http: reqwest::Client,
+    _redis: Option<TestRedis>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Options {
+    s3_endpoint: Option<String>,
+    redis: Option<RedisConfig>,
+    access: Option<AccessLog>,
+    edge: EdgeConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            s3_endpoint: None,
+            redis: None,
+            access: None,
+            edge: EdgeConfig {
+                addr: "127.0.0.1:0".into(),
+                admin_addr: "127.0.0.1:0".into(),
+                ..EdgeConfig::default()
+            },
+        }
+    }
+}
+
+async fn start(mut opts: Options) -> Harness {
+    weir_testkit::init_logs();
+    let dir = std::env::temp_dir().join(unique("weir-edge-test"));
+    opts.edge.disk_dir = dir.display().to_string();
+    let test_redis = if opts.redis.is_none() {
+        let t = TestRedis::new(&stack());
+        opts.redis = Some(RedisConfig {
+            url: t.url.clone(),
+            key_prefix: t.prefix.clone(),
+            ..RedisConfig::default()
+        });
+        Some(t)
+    } else {
+        None
+    };
+    let redis_cfg = opts.redis.clone().expect("redis config");
+    // The test's own client talks to S3 directly, never through the proxy.
+    let s3 = Origin::new(&s3_config(None)).client().clone();
+    let s3cfg = s3_config(opts.s3_endpoint.clone());
+    let edge = Edge::new(
+        opts.edge,
+        &s3cfg,
+        Some((
+            Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
+            redis_cfg.key_prefix.clone(),
+        )),
+        opts.access,
+    )
+    .expect("edge builds");
+    let client = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", client.local_addr().expect("addr"));
+    let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(weir_edge::objects::serve(
+        client,
+        admin,
+        edge,
+        Router::new(),
+        shutdown.clone(),
+    ));
+    Harness {
+        url,
+        admin: admin_url,
+        s3,
+        bucket: s3cfg.bucket,
+        prefix: unique("edge-test"),
+        shutdown,
+        dir,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("http client"),
+        _redis: test_redis,
+    }
+}
+
+impl Harness {
+    async fn put(&self, key: &str, body: Bytes) {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
+    async fn delete(&self, key: &str) {
+        let _ = self
+            .s3
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut rb = self.http.get(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.send().await.expect("request")
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| ((i as u64 * 2_654_435_761 % 251) as u8) ^ seed)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Raw HTTP/1.1 for paths a URL library would normalise (`..`).
+async fn raw_status(base: &str, path: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One row: request headers → status, expected bytes (start, end inclusive)
+/// or none, and the Content-Range.
+fn table(
+    size: u64,
+    etag: &str,
+) -> Vec<(
+    Vec<(&'static str, String)>,
+    u16,
+    Option<(u64, u64)>,
+    Option<String>,
+)> {
+    let full = Some((0, size - 1));
+    let cr = |a: u64, b: u64| Some(format!("bytes {a}-{b}/{size}"));
+    let star = Some(format!("bytes */{size}"));
+    vec![
+        (vec![], 200, full, None),
+        (
+            vec![("range", "bytes=0-0".into())],
+            206,
+            Some((0, 0)),
+            cr(0, 0),
+        ),
+        (
+            vec![("range", "bytes=-1".into())],
+            206,
+            Some((size - 1, size - 1)),
+            cr(size - 1, size - 1),
+        ),
+        (
+            vec![("range", format!("bytes=-{}", size + 10))],
+            206,
+            full,
+            cr(0, size - 1),
+        ),
+        (
+            vec![("range", format!("bytes={}-", size - 1))],
+            206,
+            Some((size - 1, size - 1)),
+            cr(size - 1, size - 1),
+        ),
+        (
+            vec![("range", format!("bytes={size}-"))],
+            416,
+            None,
+            star.clone(),
+        ),
+        (
+            vec![("range", format!("bytes={}-", size + 100))],
+            416,
+            None,
+            star.clone(),
+        ),
+        (
+            vec![("range", "bytes=100-".into())],
+            206,
+            Some((100, size - 1)),
+            cr(100, size - 1),
+        ),
+        (
+            vec![("range", format!("bytes=7-{}", size + 5000))],
+            206,
+            Some((7, size - 1)),
+            cr(7, size - 1),
+        ),
+        (vec![("range", "bytes=500-100".into())], 200, full, None),
+        (vec![("range", "bytes=garbage".into())], 200, full, None),
+        (vec![("range", "bytes=0-1,5-9".into())], 200, full, None),
+        (
+            vec![
+                ("range", "bytes=10-19".into()),
+                ("if-range", etag.to_string()),
+            ],
+            206,
+            Some((10, 19)),
+            cr(10, 19),
+        ),
+        (
+            vec![
+                ("range", "bytes=10-19".into()),
+                ("if-range", "\"stale\"".into()),
+            ],
+            200,
+            full,
+            None,
+        ),
+        (
+            vec![
+                ("range", "bytes=10-19".into()),
+                ("if-range", format!("W/{etag}")),
+            ],
+            200,
+            full,
+            None,
+        ),
+        (vec![("if-none-match", "*".into())], 304, None, None),
+        (
+            vec![("if-none-match", format!("\"nope\", {etag}"))],
+            304,
+            None,
+            None,
+        ),
+        (
+            vec![("if-none-match", format!("W/{etag}"))],
+            304,
+            None,
+            None,
+        ),
+        (vec![("if-none-match", "\"nope\"".into())], 200, full, None),
+        (
+            vec![("if-modified-since", "Sun, 06 Nov 2044 08:49:37 GMT".into())],
+            304,
+            None,
+            None,
+        ),
+        (
+            vec![("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT".into())],
+            200,
+            full,
+            None,
+        ),
+    ]
+}
+
+async fn check_table(h: &Harness, path: &str, body: &Bytes) {
+    let first = h.get(path, &[]).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().expect("etag").to_string();
+    let _ = first.bytes().await;
+    for (headers, status, bytes, content_range) in table(body.len() as u64, &etag) {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = h.get(path, &hs).await;
+        let what = format!("{path} {hs:?}");
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        assert_eq!(
+            resp.headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            content_range,
+            "{what}"
+        );
+        if status != 304 {
+            assert_eq!(resp.headers()["accept-ranges"], "bytes", "{what}");
+        }
+        assert_eq!(
+            resp.headers()["etag"].to_str().ok(),
+            Some(etag.as_str()),
+            "{what}"
+        );
+        assert!(resp.headers().contains_key("age"), "{what}");
+        assert!(resp.headers().contains_key("last-modified"), "{what}");
+        assert_eq!(
+            resp.headers()["cache-control"],
+            "public, max-age=60",
+            "{what}"
+        );
+        let got = resp.bytes().await.expect("body");
+        match bytes {
+            Some((a, b)) => assert!(
+                got[..] == body[a as usize..=b as usize],
+                "{what}: wrong bytes"
+            ),
+            None => assert!(got.is_empty(), "{what}: body on {status}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn range_and_conditional_table_byte_for_byte() {
+    let mut opts = Options::default();
+    // Small thresholds so that the large-object (sliced) path is exercised
+    // too, with ranges crossing slice boundaries.
+    opts.edge.slice_size = 64 * 1024;
+    opts.edge.memory_object_max = 256 * 1024;
+    let h = start(opts).await;
+    let small = pattern(1000, 1);
+    let large = pattern(300 * 1024 + 17, 2);
+    let (ks, kl) = (h.key("small.bin"), h.key("large.bin"));
+    h.put(&ks, small.clone()).await;
+    h.put(&kl, large.clone()).await;
+    check_table(&h, &format!("/{ks}"), &small).await;
+    check_table(&h, &format!("/{kl}"), &large).await;
+    // Across slice boundaries of the large one.
+    let resp = h
+        .get(&format!("/{kl}"), &[("range", "bytes=65000-200000")])
+        .await;
+    assert_eq!(resp.status(), 206);
+    assert!(resp.bytes().await.expect("body")[..] == large[65000..=200000]);
+    // HEAD carries the headers and the length, no body.
+    let head = h
+        .http
+        .head(format!("{}/{kl}", h.url))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        large.len().to_string().as_str()
+    );
+    assert_eq!(head.headers()["content-type"], "application/octet-stream");
+    h.delete(&ks).await;
+    h.delete(&kl).await;
+}
+
+#[tokio::test]
+async fn percent_encoded_keys_and_rejected_paths() {
+    let h = start(Options::default()).await;
+    let cases = [
+        ("ARMY OF THIEVES.mp4", "ARMY%20OF%20THIEVES.mp4"),
+        ("dir/inside%2Fkey", "dir%2Finside%252Fkey"),
+        ("a/b c", "a%2Fb%20c"),
+        ("plus+sign.txt", "plus+sign.txt"),
+        ("日本/été.txt", "%E6%97%A5%E6%9C%AC/%C3%A9t%C3%A9.txt"),
+        ("100%.txt", "100%25.txt"),
+    ];
+    for (i, (key, encoded)) in cases.iter().enumerate() {
+        let full = h.key(key);
+        let body = pattern(100 + i, i as u8);
+        h.put(&full, body.clone()).await;
+        let resp = h.get(&format!("/{}/{encoded}", h.prefix), &[]).await;
+        assert_eq!(resp.status(), 200, "{key}");
+        assert_eq!(resp.bytes().await.expect("body"), body, "{key}");
+        h.delete(&full).await;
+    }
+    // `+` is not a space in a path.
+    let resp = h.get(&format!("/{}/plus%20sign.txt", h.prefix), &[]).await;
+    assert_eq!(resp.status(), 404);
+    for bad in [
+        "/a/../b".to_string(),
+        "/a/%2E%2E/b".to_string(),
+        "/..%2Fsecret".to_string(),
+        "/a%00b".to_string(),
+        format!("/{}", "k".repeat(1100)),
+        "/%FF%FE".to_string(),
+    ] {
+        assert_eq!(raw_status(&h.url, &bad).await, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn missing_objects_are_404_and_cached_briefly() {
+    let s3 = s3_config(None);
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = CountingProxy::start(upstream).await;
+    let mut opts = Options {
+        s3_endpoint: Some(format!("http://{}", proxy.addr)),
+        ..Options::default()
+    };
+    opts.edge.negative_ttl = Duration::from_secs(2);
+    let h = start(opts).await;
+    let key = h.key("later.txt");
+    assert_eq!(h.get(&format!("/{key}"), &[]).await.status(), 404);
+    assert_eq!(h.get(&format!("/{key}"), &[]).await.status(), 404);
+    assert_eq!(
+        proxy.gets(),
+        1,
+        "the second 404 came from the negative cache"
+    );
+    h.put(&key, Bytes::from_static(b"now here")).await;
+    assert_eq!(h.get(&format!("/{key}"), &[]).await.status(), 404);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("body"), "now here");
+    h.delete(&key).await;
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_make_one_origin_get() {
+    let s3 = s3_config(None);
+    let proxy = CountingProxy::start(s3.endpoint.trim_start_matches("http://").to_string()).await;
+    let mut opts = Options {
+        s3_endpoint: Some(format!("http://{}", proxy.addr)),
+        ..Options::default()
+    };
+    opts.edge.slice_size = 64 * 1024;
+    opts.edge.memory_object_max = 128 * 1024;
+    let h = Arc::new(start(opts).await);
+    let small = pattern(50_000, 3);
+    let large = pattern(1024 * 1024, 4);
+    let (ks, kl) = (h.key("hot-small"), h.key("hot-large"));
+    h.put(&ks, small.clone()).await;
+    h.put(&kl, large.clone()).await;
+
+    let burst = |path: String, range: Option<&'static str>| {
+        let h = h.clone();
+        async move {
+            let tasks: Vec<_> = (0..200)
+                .map(|_| {
+                    let (h, path) = (h.clone(), path.clone());
+                    tokio::spawn(async move {
+                        let hs: Vec<(&str, &str)> =
+                            range.map(|r| ("range", r)).into_iter().collect();
+                        let r = h.get(&path, &hs).await;
+                        let status = r.status().as_u16();
+                        (status, r.bytes().await.expect("body"))
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks)
+                .await
+                .into_iter()
+                .map(|r| r.expect("task"))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let before = proxy.gets();
+    for (status, body) in burst(format!("/{ks}"), None).await {
+        assert_eq!(status, 200);
+        assert!(body == small);
+    }
+    assert_eq!(
+        proxy.gets() - before,
+        1,
+        "one origin GET for 200 cold requests"
+    );
+
+    // Learn the large object's metadata (and slice 0), then 200 cold
+    // requests inside slice 5.
+    let r = h.get(&format!("/{kl}"), &[("range", "bytes=0-0")]).await;
+    assert_eq!(r.status(), 206);
+    let before = proxy.gets();
+    for (status, body) in burst(format!("/{kl}"), Some("bytes=330000-330999")).await {
+        assert_eq!(status, 206);
+        assert!(body[..] == large[330000..=330999]);
+    }
+    assert_eq!(
+        proxy.gets() - before,
+        1,
+        "one origin GET for 200 cold slice requests"
+    );
+    // The range did not pull the object: slices 0 and 5 only.
+    h.delete(&ks).await;
+    h.delete(&kl).await;
+}
+
+#[tokio::test]
+async fn a_changed_object_is_never_stitched() {
+    let mut opts = Options::default();
+    opts.edge.slice_size = 64 * 1024;
+    opts.edge.memory_object_max = 128 * 1024;
+    let h = start(opts).await;
+    let key = h.key("changing.bin");
+    let size = 12 * 1024 * 1024;
+    let v1 = pattern(size, 5);
+    let v2 = pattern(size, 6);
+    h.put(&key, v1.clone()).await;
+    let resp = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    if let Some(Ok(chunk)) = stream.next().await {
+        got.extend_from_slice(&chunk);
+    }
+    // Changed while the client is mid-body.
+    h.put(&key, v2.clone()).await;
+    let mut failed = false;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        got[..] == v1[..got.len()],
+        "only bytes of the first version"
+    );
+    assert!(
+        failed || got.len() == size,
+        "a cut body is reported as an error"
+    );
+    assert!(got.len() < size, "the change was noticed before the end");
+    // The next request sees the new version, whole.
+    let again = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(again.status(), 200);
+    assert!(again.bytes().await.expect("body") == v2);
+    h.delete(&key).await;
+}
+
+async fn create_bucket(endpoint: &str, bucket: &str) {
+    let c = Origin::new(&s3_config(Some(endpoint.to_string())))
+        .client()
+        .clone();
+    let start = Instant::now();
+    while c.create_bucket().bucket(bucket).send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "bucket on private S3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_then_s3_stopped_mid_traffic() {
+    let mut redis = PrivateService::start("redis");
+    let mut s3 = PrivateService::start("s3");
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let bucket = s3_config(None).bucket;
+    create_bucket(&endpoint, &bucket).await;
+    let mut opts = Options {
+        s3_endpoint: Some(endpoint.clone()),
+        redis: Some(RedisConfig {
+            url: redis.url(),
+            key_prefix: unique("wt"),
+            timeout: Duration::from_millis(300),
+        }),
+        ..Options::default()
+    };
+    opts.edge.fresh_for = Duration::from_secs(1);
+    opts.edge.stale_grace = Duration::from_secs(120);
+    opts.edge.redis_backoff = Duration::from_millis(500);
+    let mut h = start(opts).await;
+    h.s3 = Origin::new(&s3_config(Some(endpoint.clone())))
+        .client()
+        .clone();
+    let (a, b, c) = (h.key("a"), h.key("b"), h.key("c"));
+    for k in [&a, &b] {
+        h.put(k, pattern(2000, 7)).await;
+    }
+    assert_eq!(h.get(&format!("/{a}"), &[]).await.status(), 200);
+
+    // Redis down: hits and misses are still served, quickly.
+    redis.stop(true);
+    let t = Instant::now();
+    assert_eq!(h.get(&format!("/{a}"), &[]).await.status(), 200);
+    assert_eq!(h.get(&format!("/{b}"), &[]).await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "{:?} with Redis down",
+        t.elapsed()
+    );
+
+    // S3 down too: cached objects are served stale, the rest fail fast.
+    s3.stop(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t = Instant::now();
+    let resp = h.get(&format!("/{a}"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-cache"], "stale");
+    let resp = h.get(&format!("/{c}"), &[]).await;
+    assert!(
+        matches!(resp.status().as_u16(), 502 | 504),
+        "{}",
+        resp.status()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "{:?} with S3 down",
+        t.elapsed()
+    );
+
+    // Both come back (moto restarts empty).
+    s3.restart();
+    create_bucket(&endpoint, &bucket).await;
+    h.put(&c, pattern(3000, 8)).await;
+    redis.restart();
+    let resp = weir_testkit::eventually(Duration::from_secs(20), "S3 back", || {
+        let (h, c) = (&h, &c);
+        async move {
+            let r = h.get(&format!("/{c}"), &[]).await;
+            (r.status() == 200).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(resp.bytes().await.expect("body").len(), 3000);
+    // Metadata reaches Redis again once its backoff has passed.
+    let url = redis.url();
+    weir_testkit::eventually(Duration::from_secs(20), "metadata in Redis again", || {
+        let (h, c, url) = (&h, &c, url.clone());
+        async move {
+            let _ = h
+                .get(&format!("/{c}"), &[("cache-control", "no-cache")])
+                .await;
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*:edge:meta:*")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (!keys.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn purge_on_the_admin_address() {
+    let h = start(Options::default()).await;
+    let (k1, k2) = (h.key("p/one"), h.key("p/two"));
+    h.put(&k1, Bytes::from_static(b"one-v1")).await;
+    h.put(&k2, Bytes::from_static(b"two-v1")).await;
+    for k in [&k1, &k2] {
+        assert_eq!(h.get(&format!("/{k}"), &[]).await.status(), 200);
+    }
+    h.put(&k1, Bytes::from_static(b"one-v2")).await;
+    h.put(&k2, Bytes::from_static(b"two-v2")).await;
+    // Still fresh in the cache.
+    assert_eq!(
+        h.get(&format!("/{k1}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "one-v1"
+    );
+    // Client address does not purge.
+    let r = h
+        .http
+        .delete(format!("{}/cache/{k1}", h.url))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 405);
+    let r = h
+        .http
+        .delete(format!("{}/cache/{k1}", h.admin))
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        h.get(&format!("/{k1}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "one-v2"
+    );
+    assert_eq!(
+        h.get(&format!("/{k2}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "two-v1"
+    );
+    let r = h
+        .http
+        .delete(format!("{}/cache", h.admin))
+        .query(&[("prefix", format!("{}/p/", h.prefix))])
+        .send()
+        .await
+        .expect("purge prefix");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        h.get(&format!("/{k2}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "two-v2"
+    );
+    h.delete(&k1).await;
+    h.delete(&k2).await;
+}
+
+#[tokio::test]
+async fn one_access_event_per_request() {
+    let st = stack();
+    let topics = TestTopics::create(&st, 1).await;
+    let kafka = KafkaConfig {
+        brokers: st.kafka.clone(),
+        ..KafkaConfig::default()
+    };
+    let producer = Arc::new(EventProducer::new(&kafka, "edge-test").expect("producer"));
+    let node = unique("edge-node");
+    let opts = Options {
+        access: Some(AccessLog::new(
+            producer.clone(),
+            topics.access.clone(),
+            node.clone(),
+        )),
+        ..Options::default()
+    };
+    let h = start(opts).await;
+    let key = h.key("seen.txt");
+    h.put(&key, Bytes::from_static(b"hello edge")).await;
+    let mut statuses = Vec::new();
+    for hs in [vec![], vec![("range", "bytes=0-4")], vec![]] {
+        statuses.push(h.get(&format!("/{key}"), &hs).await.status().as_u16());
+    }
+    statuses.push(
+        h.get(&format!("/{}/missing", h.prefix), &[])
+            .await
+            .status()
+            .as_u16(),
+    );
+    assert_eq!(statuses, [200, 206, 200, 404]);
+
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &st.kafka)
+        .set("group.id", unique("access-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[&topics.access]).expect("subscribe");
+    let mut events: Vec<AccessEvent> = Vec::new();
+    while events.len() < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("access events arrive")
+            .expect("record");
+        events.push(weir_schemas::decode::<AccessEvent>(m.payload()).expect("decodes"));
+    }
+    let summary: Vec<(u16, CacheOutcome, u64)> = events
+        .iter()
+        .map(|e| (e.status, e.cache, e.bytes_sent))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (200, CacheOutcome::Miss, 10),
+            (206, CacheOutcome::Hit, 5),
+            (200, CacheOutcome::Hit, 10),
+            (404, CacheOutcome::Bypass, events[3].bytes_sent),
+        ]
+    );
+    assert!(events.iter().all(|e| e.node_id == node));
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(events[1].range.as_deref(), Some("bytes=0-4"));
+    h.delete(&key).await;
+}
+
+/// A source for `/fetch`: `/r/{n}` redirects n times, then answers `body`.
+async fn redirecting_source(body: Bytes) -> String {
+    use axum::extract::Path;
+    use axum::response::{IntoResponse, Redirect};
+    let app = Router::new().route(
+        "/r/{n}",
+        axum::routing::get(move |Path(n): Path<u32>| {
+            let body = body.clone();
+            async move {
+                if n == 0 {
+                    body.into_response()
+                } else {
+                    Redirect::temporary(&format!("/r/{}", n - 1)).into_response()
+                }
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
+    let mut opts = Options::default();
+    opts.edge.upload_max = 4096;
+    opts.edge.public_url = "http://edge.example".into();
+    let h = start(opts).await;
+    let key = h.key("up/hello world.txt");
+    let boundary = "weirboundary42";
+    let form = |key: &str, content: &[u8]| {
+        let mut b = Vec::new();
+        b.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{key}\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes());
+        b.extend_from_slice(content);
+        b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        b
+    };
+    let post_form = |body: Vec<u8>| {
+        h.http
+            .post(format!("{}/upload", h.admin))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+    };
+    let r = post_form(form(&key, b"uploaded through the edge"))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let path = format!("/{}/up/hello%20world.txt", h.prefix);
+    assert_eq!(v["url"], format!("http://edge.example{path}"));
+    let got = h.get(&path, &[]).await;
+    assert_eq!(got.headers()["content-type"], "text/plain");
+    assert_eq!(got.text().await.expect("body"), "uploaded through the edge");
+    // Over the limit; a bad key.
+    let r = post_form(form(&h.key("big"), &[b'x'; 5000]))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 413);
+    let r = post_form(form("a/../b", b"x")).await.expect("upload");
+    assert_eq!(r.status(), 400);
+    // Not on the client address.
+    let r = h
+        .http
+        .post(format!("{}/upload", h.url))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 405);
+
+    let source = redirecting_source(Bytes::from_static(b"fetched body")).await;
+    let fkey = h.key("fetched.txt");
+    let fetch = |url: String, key: String| {
+        h.http
+            .post(format!("{}/fetch", h.admin))
+            .json(&serde_json::json!({ "url": url, "key": key }))
+            .send()
+    };
+    let r = fetch(format!("{source}/r/2"), fkey.clone())
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        h.get(&format!("/{fkey}"), &[])
+            .await
+            .text()
+            .await
+            .expect("body"),
+        "fetched body"
+    );
+    let r = fetch(format!("{source}/r/5"), h.key("too-far"))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        r.status(),
+        400,
+        "more redirects than edge.fetch_max_redirects"
+    );
+    let big = redirecting_source(Bytes::from(vec![b'y'; 5000])).await;
+    let r = fetch(format!("{big}/r/0"), h.key("too-big"))
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 413);
+    for k in [&key, &fkey] {
+        h.delete(k).await;
+    }
+}
+
+#[tokio::test]
+async fn bucket_in_the_path_when_several_buckets_are_served() {
+    let bucket = s3_config(None).bucket;
+    let mut opts = Options::default();
+    opts.edge.buckets = vec![bucket.clone()];
+    let h = start(opts).await;
+    let key = h.key("in-bucket.txt");
+    h.put(&key, Bytes::from_static(b"bucket addressed")).await;
+    let r = h.get(&format!("/{bucket}/{key}"), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "bucket addressed");
+    assert_eq!(
+        h.get(&format!("/{key}"), &[]).await.status(),
+        400,
+        "no bucket in the path"
+    );
+    assert_eq!(
+        h.get(&format!("/not-served/{key}"), &[]).await.status(),
+        400
+    );
+    h.delete(&key).await;
+}
