@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use weir_consumers::{ConsumerConfig, DatabaseConfig, LagConfig, RedisConfig};
 use weir_edge::{CenterConfig, EdgeConfig, S3Config};
+use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
 /// A configuration error, naming the key at fault.
@@ -155,6 +156,8 @@ pub struct Config {
     pub up: UpConfig,
     /// Lag monitoring (`weir lag`).
     pub lag: LagConfig,
+    /// Lag-aware limiting of sheddable events (the edge's access events).
+    pub limiter: LimiterConfig,
 }
 
 /// Environment variables with the `WEIR_` prefix that are not configuration
@@ -353,6 +356,28 @@ impl Config {
         if self.lag.threshold == 0 {
             return Err(ConfigError::new("lag.threshold", "must be at least 1"));
         }
+        let l = &self.limiter;
+        if l.threshold == 0 {
+            return Err(ConfigError::new("limiter.threshold", "must be at least 1"));
+        }
+        if !(l.min_fraction > 0.0 && l.min_fraction <= 1.0) {
+            return Err(ConfigError::new(
+                "limiter.min_fraction",
+                "must be in (0, 1]",
+            ));
+        }
+        if !(l.kp.is_finite() && l.kp >= 0.0 && l.ki.is_finite() && l.ki >= 0.0) {
+            return Err(ConfigError::new(
+                "limiter.kp",
+                "kp and ki must be finite and non-negative",
+            ));
+        }
+        if l.stale_after < self.lag.interval {
+            return Err(ConfigError::new(
+                "limiter.stale_after",
+                "must be at least lag.interval",
+            ));
+        }
         Ok(())
     }
 }
@@ -528,7 +553,9 @@ fn apply_env(
         let Some(rest) = var.strip_prefix("WEIR_") else {
             continue;
         };
-        if NON_CONFIG_ENV.contains(&var.as_str()) {
+        // `WEIR_TEST_*` is reserved for test knobs (sizes, logs), which the
+        // processes a test spawns inherit.
+        if NON_CONFIG_ENV.contains(&var.as_str()) || rest.starts_with("TEST_") {
             continue;
         }
         let lower = rest.to_ascii_lowercase();

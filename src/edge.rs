@@ -15,6 +15,7 @@ use weir_consumers::RedisHandle;
 use weir_edge::access::AccessLog;
 use weir_edge::Edge;
 use weir_producers::EventProducer;
+use weir_producers::LagLimiter;
 
 use crate::config::{parse_addr, Config};
 
@@ -43,8 +44,29 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisHandle::new(&cfg.redis).context("redis.url")?);
-    let producer =
-        Arc::new(EventProducer::new(&cfg.kafka, "edge").context("creating the Kafka producer")?);
+    let mut producer =
+        EventProducer::new(&cfg.kafka, "edge").context("creating the Kafka producer")?;
+    if cfg.limiter.enabled {
+        // Close the loop: the access group's lag (published by `weir lag
+        // export`) paces the access events this edge produces.
+        let limiter = Arc::new(LagLimiter::new(cfg.limiter.clone()));
+        let group = if cfg.limiter.group.is_empty() {
+            cfg.consumer.group_for("access")
+        } else {
+            cfg.limiter.group.clone()
+        };
+        tracing::info!(%group, threshold = cfg.limiter.threshold, "lag-aware limiting of access events on");
+        tokio::spawn(weir_consumers::lag::signal::follow_signal(
+            redis.clone(),
+            cfg.redis.keys(),
+            group,
+            limiter.clone(),
+            cfg.lag.interval,
+            shutdown.clone(),
+        ));
+        producer = producer.with_limiter(limiter);
+    }
+    let producer = Arc::new(producer);
     // The edge reports under the same node identity as the host's agent.
     let access = AccessLog::new(
         producer.clone(),

@@ -7,8 +7,8 @@
 //!
 //! Sizes are small by default so CI stays fast; the full runs of the issue
 //! are one variable away (see docs/delivery.md):
-//!   WEIR_CHAOS_EVENTS=1000000 cargo test --release --test access_e2e chaos
-//!   WEIR_BACKLOG_EVENTS=500000 cargo test --release --test access_e2e backlog
+//!   WEIR_TEST_CHAOS_EVENTS=1000000 cargo test --test access_e2e chaos
+//!   WEIR_TEST_BACKLOG_EVENTS=500000 cargo test --test access_e2e backlog
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -309,7 +309,7 @@ async fn a_rebalance_in_the_middle_of_a_batch_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_started_on_a_backlog_catches_up_and_reports_its_rate() {
-    let n = size("WEIR_BACKLOG_EVENTS", 60_000);
+    let n = size("WEIR_TEST_BACKLOG_EVENTS", 60_000);
     let s = stack();
     let topics = TestTopics::create(&s, 6).await;
     let db = TestDb::create(&s).await;
@@ -348,7 +348,7 @@ async fn a_group_started_on_a_backlog_catches_up_and_reports_its_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_and_restarts_lose_and_double_count_nothing() {
-    let n = size("WEIR_CHAOS_EVENTS", 40_000);
+    let n = size("WEIR_TEST_CHAOS_EVENTS", 40_000);
     // Private services: this test stops and starts them.
     let mut kafka = PrivateService::start("kafka");
     let mut pg = PrivateService::start("postgres");

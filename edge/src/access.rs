@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use weir_producers::{EventProducer, ProduceError};
+use weir_producers::{EventProducer, Offer, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome};
 
 /// Produces access events for one edge process.
@@ -83,10 +83,12 @@ impl AccessLog {
             total_latency_us: r.total_latency_us,
             client_addr: r.client_addr,
         };
-        match self.producer.enqueue(&self.topic, &ev) {
+        match self.producer.offer(&self.topic, &ev) {
             // The delivery report is not awaited: the producer counts
             // deliveries and failures itself.
-            Ok(_pending) => {}
+            Ok(Offer::Queued(_pending)) => {}
+            // Consumers are behind: the limiter counted the shed event.
+            Ok(Offer::Shed) => {}
             Err(ProduceError::QueueFull) => {
                 metrics::counter!("weir_edge_access_events_shed_total", "reason" => "queue_full")
                     .increment(1);
