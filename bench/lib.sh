@@ -101,15 +101,24 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Builds (if needed) and names the release binary; WEIR_BIN overrides it.
+# Builds (if needed) and names the release binary in BENCH_WEIR_BIN (and, for
+# scripts written against the first version of this file, WEIR_BIN).
+# BENCH_WEIR_BIN=path (or WEIR_BIN=path) overrides it; BENCH_WEIR_SOURCE then
+# says what it was built from, for the report. WEIR_BIN is never left in the
+# environment: weir refuses unknown WEIR_* variables as configuration typos.
 ensure_weir() {
-  if [[ -n ${WEIR_BIN:-} ]]; then
-    [[ -x $WEIR_BIN ]] || die "WEIR_BIN=$WEIR_BIN is not executable"
+  local given="${BENCH_WEIR_BIN:-${WEIR_BIN:-}}"
+  export -n WEIR_BIN BENCH_WEIR_BIN
+  if [[ -n $given ]]; then
+    [[ -x $given ]] || die "BENCH_WEIR_BIN=$given is not executable"
+    BENCH_WEIR_BIN="$given" WEIR_BIN="$given"
+    WEIR_SOURCE="${BENCH_WEIR_SOURCE:-unknown: given by BENCH_WEIR_BIN}"
     return 0
   fi
   bsay "cargo build --release --bin weir"
   (cd "$REPO" && cargo build --release --bin weir >&2)
-  WEIR_BIN="$REPO/target/release/weir"
+  BENCH_WEIR_BIN="$REPO/target/release/weir" WEIR_BIN="$REPO/target/release/weir"
+  WEIR_SOURCE="$(source_rev)"
 }
 
 # The source the binary was built from, as far as git knows.
@@ -129,7 +138,7 @@ machine_md() {
   printf -- '- machine: %s cores (`nproc`), %s, %s RAM (`free -h` total), %s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(free -h | awk '/^Mem:/ {print $2}')" "$(. /etc/os-release && echo "$PRETTY_NAME")"
   printf -- '- 1-min load average at start: %s; %s\n' "$load" "${QUIET_NOTE:-quietness not checked}"
-  printf -- '- weir binary: %s (source %s)\n' "${WEIR_BIN:-?}" "$(source_rev)"
+  printf -- '- weir binary: %s (source %s)\n' "${BENCH_WEIR_BIN:-?}" "${WEIR_SOURCE:-?}"
 }
 
 # list_topics: every topic name, one a line.

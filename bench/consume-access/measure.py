@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""measure.py — runs K `weir consume access` members of one (fresh) group
+until PostgreSQL holds every event, and measures how long that took and who
+spent the CPU. Called by bench/consume-access/run; the WEIR_* environment
+(group, database, Redis prefix, topics) is set by the caller. Adapted from
+bench/consume-health/measure.py (same timing and CPU accounting).
+
+Timing: t_start = just before the members are spawned; every 200 ms one
+persistent psql session runs `SELECT sum(requests) FROM access_minute`;
+t_first = first poll that sees a non-zero sum; t_done = first poll that sees
+N. Rates: N / (t_done - t_start) ("from process start") and
+(N - first_count) / (t_done - t_first) ("from first commit", i.e. without
+start-up: migrations, group join, first fetch).
+
+CPU (utime+stime, /proc) between t_start and t_done: each member; the
+PostgreSQL server (postmaster, its live children, and children that exited,
+through the postmaster's cutime/cstime); Kafka; Redis; and the whole machine
+(/proc/stat), so that whatever else ran shows up as "other".
+
+Prints one JSON object on stdout. Exit status 0 only if, after every member
+stopped, sum(requests) and sum(bytes) equal the generator's totals, every
+minute's sums equal the generator's per-minute totals, the stored offsets
+sum to N, and the members' `applied` sum to N (no loss, no duplicate effect).
+--wrap runs each member under a command (valgrind, perf): its CPU is then
+the wrapper's.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    return s[s.rindex(")") + 2:].split()  # fields from 3 (state) on
+
+
+def proc_ticks(pid, children=False):
+    """utime+stime (+ cutime+cstime of reaped children), in ticks."""
+    try:
+        f = stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    t = int(f[11]) + int(f[12])
+    if children:
+        t += int(f[13]) + int(f[14])
+    return t
+
+
+def tree_ticks(root):
+    """CPU of root, its live children and its reaped children."""
+    if root <= 1:
+        return 0
+    total = proc_ticks(root, children=True)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = stat_fields(d)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if int(f[1]) == root:
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total
+
+
+def machine_ticks():
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    total = sum(v[:8])
+    return total - idle, total
+
+
+def thread_ticks(pid):
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                s = f.read()
+        except FileNotFoundError:
+            continue
+        name = s[s.index("(") + 1:s.rindex(")")]
+        fl = s[s.rindex(")") + 2:].split()
+        out[tid] = (name, int(fl[11]) + int(fl[12]))
+    return out
+
+
+def status_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def batch_seconds(logfile):
+    """Sum and count of weir_consumer_batch_seconds (time inside
+    apply_with_retry: the PostgreSQL transaction and its retries) from the
+    member's /metrics, whose ephemeral address the member logged."""
+    try:
+        with open(logfile) as f:
+            m = re.search(r"metrics listening addr=(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", f.read()))
+        if not m:
+            return None
+        with urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        for k in ("sum", "count"):
+            if line.startswith(f"weir_consumer_batch_seconds_{k}"):
+                out[k] = out.get(k, 0) + float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+class Psql:
+    """One psql session for polling: each query is followed by an \\echo
+    marker, so that an error (the table does not exist yet) reads as no rows."""
+
+    def __init__(self, url):
+        self.p = subprocess.Popen(
+            ["psql", "-X", "-Atq", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def query(self, sql):
+        self.p.stdin.write(sql.rstrip(";") + ";\n\\echo __END__\n")
+        self.p.stdin.flush()
+        rows = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("psql exited")
+            line = line.rstrip("\n")
+            if line == "__END__":
+                return rows
+            rows.append(line)
+
+    def scalar(self, sql, default=0):
+        rows = self.query(sql)
+        return int(rows[0]) if rows and rows[0] != "" else default
+
+    def close(self):
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=5)
+        except Exception:
+            self.p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weir", required=True)
+    ap.add_argument("--members", type=int, required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--db-url", required=True)
+    ap.add_argument("--timeout", type=float, required=True)
+    ap.add_argument("--logdir", required=True)
+    ap.add_argument("--pg-pid", type=int, required=True)
+    ap.add_argument("--kafka-pid", type=int, required=True)
+    ap.add_argument("--redis-pid", type=int, required=True)
+    ap.add_argument("--gen", required=True, help="JSON totals printed by weir gen access")
+    ap.add_argument("--wrap", default="", help="command prefix for each member")
+    ap.add_argument("--stop-timeout", type=float, default=60)
+    a = ap.parse_args()
+    gen = json.load(open(a.gen))
+
+    psql = Psql(a.db_url)
+    res = {"members": a.members, "n": a.n, "ok": False, "errors": []}
+    procs = []
+
+    def stop_members():
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + a.stop_timeout
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                res["errors"].append(f"member pid {p.pid} did not stop within {a.stop_timeout:.0f} s; killed")
+                p.kill()
+                p.wait()
+
+    me = os.getpid()
+    c0 = {
+        "postgres": tree_ticks(a.pg_pid), "kafka": tree_ticks(a.kafka_pid),
+        "redis": tree_ticks(a.redis_pid),
+        "bench poller (python + psql)": proc_ticks(me) + proc_ticks(psql.p.pid),
+    }
+    m0 = machine_ticks()
+    t_start = time.time()
+    for i in range(a.members):
+        out = open(f"{a.logdir}/member{i + 1}.json", "w")
+        err = open(f"{a.logdir}/member{i + 1}.log", "w")
+        procs.append(subprocess.Popen(a.wrap.split() + [a.weir, "consume", "access"],
+                                      stdout=out, stderr=err))
+    t_first = first_count = t_done = None
+    timeline = []
+    last = 0
+    sum_sql = "SELECT coalesce(sum(requests), 0) FROM access_minute"
+    try:
+        next_poll = t_start
+        while True:
+            next_poll += 0.2
+            delay = next_poll - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            count = psql.scalar(sum_sql)
+            now = time.time()
+            if count != last:
+                timeline.append([round(now - t_start, 3), count])
+                last = count
+            if count and t_first is None:
+                t_first, first_count = now, count
+            if count > a.n:
+                res["errors"].append(f"sum(requests) = {count} > N = {a.n}: duplicate effects")
+                break
+            if count == a.n:
+                t_done = now
+                break
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                res["errors"].append(
+                    f"member pid {dead[0].pid} exited with {dead[0].returncode} at {count}/{a.n}")
+                break
+            if now - t_start > a.timeout:
+                res["errors"].append(f"timed out after {a.timeout:.0f} s at {count}/{a.n}")
+                break
+        # CPU and memory at completion, before the members are stopped.
+        end = time.time()
+        c1 = {
+            "postgres": tree_ticks(a.pg_pid), "kafka": tree_ticks(a.kafka_pid),
+            "redis": tree_ticks(a.redis_pid),
+            "bench poller (python + psql)": proc_ticks(me) + proc_ticks(psql.p.pid),
+        }
+        m1 = machine_ticks()
+        cpu = {}
+        threads = {}
+        for i, p in enumerate(procs):
+            cpu[f"weir member {i + 1}"] = proc_ticks(p.pid) / TCK
+            for name, t in thread_ticks(p.pid).values():
+                threads[name] = threads.get(name, 0) + t / TCK
+        res["member_hwm_kb"] = [status_kb(p.pid, "VmHWM") for p in procs]
+        res["member_tx_seconds"] = [batch_seconds(f"{a.logdir}/member{i + 1}.log")
+                                    for i in range(len(procs))]
+        res["member_threads"] = [status_kb(p.pid, "Threads") for p in procs]
+        for k in c0:
+            cpu[k] = (c1[k] - c0[k]) / TCK
+        # /proc/stat counts in USER_HZ too; it covers every CPU.
+        busy = (m1[0] - m0[0]) / TCK
+        cpu["machine total (all CPUs)"] = busy
+        cpu["other"] = busy - sum(v for k, v in cpu.items()
+                                  if k not in ("machine total (all CPUs)",))
+        res["cpu_s"] = cpu
+        res["weir_threads_cpu_s"] = dict(sorted(threads.items(), key=lambda kv: -kv[1]))
+        res["measured_s"] = end - t_start
+    finally:
+        stop_members()
+
+    res["timeline"] = timeline
+    if t_done is not None:
+        res["t_first"] = t_first - t_start
+        res["first_count"] = first_count
+        res["t_done"] = t_done - t_start
+        res["rate_from_start"] = a.n / (t_done - t_start)
+        if t_done > t_first:
+            res["rate_from_first"] = (a.n - first_count) / (t_done - t_first)
+
+    # Reports the members printed on SIGTERM.
+    reports = []
+    for i, p in enumerate(procs):
+        if p.returncode != 0:
+            res["errors"].append(f"member {i + 1} exited with {p.returncode}")
+        try:
+            with open(f"{a.logdir}/member{i + 1}.json") as f:
+                lines = [l for l in f.read().splitlines() if l.strip()]
+            reports.append(json.loads(lines[-1]))
+        except (IndexError, ValueError, FileNotFoundError):
+            reports.append(None)
+            res["errors"].append(f"member {i + 1} printed no report")
+    res["reports"] = reports
+
+    # Exactly once: after every member stopped, the effects count N, once,
+    # and match what the generator says it produced, minute by minute.
+    final = {
+        "sum_requests": psql.scalar(sum_sql, -1),
+        "sum_bytes": psql.scalar("SELECT coalesce(sum(bytes), 0) FROM access_minute", -1),
+        "rows": psql.scalar("SELECT count(*) FROM access_minute", -1),
+        "stored_offsets": psql.scalar("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets", -1),
+    }
+    per_minute = {}
+    for row in psql.query(
+            "SELECT to_char(minute AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+            "|| '|' || sum(requests) || '|' || sum(bytes) FROM access_minute GROUP BY minute"):
+        m, r, b = row.split("|")
+        per_minute[m] = {"requests": int(r), "bytes": int(b)}
+    psql.close()
+    res["final"] = final
+    if final["sum_requests"] != gen["requests"] or final["sum_requests"] != a.n:
+        res["errors"].append(
+            f"final sum(requests) = {final['sum_requests']}, gen says {gen['requests']}, N = {a.n}")
+    if final["sum_bytes"] != gen["bytes"]:
+        res["errors"].append(f"final sum(bytes) = {final['sum_bytes']}, gen says {gen['bytes']}")
+    want = {m: {"requests": v["requests"], "bytes": v["bytes"]} for m, v in gen["per_minute"].items()}
+    bad = sorted(m for m in set(want) | set(per_minute) if want.get(m) != per_minute.get(m))
+    final["minutes"] = len(per_minute)
+    final["minutes_differing"] = len(bad)
+    if bad:
+        res["errors"].append(f"{len(bad)} of {len(want)} minutes differ from gen's per_minute totals "
+                             f"(first: {bad[0]}: db {per_minute.get(bad[0])}, gen {want.get(bad[0])})")
+    if final["stored_offsets"] != a.n:
+        res["errors"].append(
+            f"sum of stored next offsets = {final['stored_offsets']}, expected {a.n}")
+    applied = sum(r["applied"] for r in reports if r)
+    if all(reports) and applied != a.n:
+        res["errors"].append(f"members report {applied} applied records in total, expected {a.n}")
+    if any(r and r.get("dead_lettered") for r in reports):
+        res["errors"].append("some records were dead-lettered")
+    res["ok"] = t_done is not None and not res["errors"]
+    print(json.dumps(res))
+    sys.exit(0 if res["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
