@@ -373,6 +373,24 @@ enum ApplyOutcome {
     Fenced(i32),
 }
 
+/// How a batch handed to the applying task ended.
+enum Applied {
+    /// Effects and offsets committed.
+    Committed,
+    /// Another member moved the partition's offset first.
+    Fenced(i32),
+    /// A store stayed down past the shutdown deadline.
+    Abandoned,
+}
+
+/// A batch back from the applying task.
+struct AppliedBatch<E> {
+    batch: Batch<E>,
+    outcome: Applied,
+    store_errors: u64,
+    seconds: f64,
+}
+
 /// One member of a consumer group running an aggregator.
 pub struct GroupRuntime<A: Aggregator> {
     cfg: ConsumerConfig,
@@ -441,61 +459,143 @@ impl<A: Aggregator> GroupRuntime<A> {
     /// Runs until `shutdown` fires, then finishes the current batch (within
     /// the drain deadline), commits and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RuntimeError> {
-        let consumer = self.consumer()?;
-        consumer.subscribe(&[&self.topic])?;
-        info!(group = %self.group, topic = %self.topic, "consumer started");
+        let this = Arc::new(self);
+        let consumer = this.consumer()?;
+        consumer.subscribe(&[&this.topic])?;
+        info!(group = %this.group, topic = %this.topic, "consumer started");
         let mut owned: HashMap<i32, PartitionState> = HashMap::new();
         let mut report = RunReport::default();
         let mut progress = Progress::new();
+        // The batch being applied while the next one is collected: fetching
+        // and decoding overlap the PostgreSQL transaction. Applies stay
+        // strictly one after the other.
+        let mut inflight: Option<tokio::task::JoinHandle<AppliedBatch<A::Event>>> = None;
 
         'outer: while !shutdown.is_cancelled() {
             let mut batch: Batch<A::Event> = Batch::new();
-            // Wait for the first record of a batch as long as it takes.
+            // Wait for the first record of a batch as long as it takes (or,
+            // with a batch in flight, until it is done).
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'outer,
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    this.finish(&consumer, &mut owned, &mut report, done);
+                    progress.on_commit(&this.group, &mut report);
+                    continue;
+                }
                 m = consumer.recv() => m,
             };
             progress.on_batch_start();
-            self.take(&consumer, first, &mut owned, &mut batch, &mut report)
+            this.take(&consumer, first, &mut owned, &mut batch, &mut report)
                 .await;
-            let deadline = tokio::time::Instant::now() + self.cfg.batch_max_wait;
-            while batch.len() < self.cfg.batch_max_records && !shutdown.is_cancelled() {
+            let deadline = tokio::time::Instant::now() + this.cfg.batch_max_wait;
+            while batch.len() < this.cfg.batch_max_records && !shutdown.is_cancelled() {
                 let m = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(deadline) => break,
                     m = consumer.recv() => m,
                 };
-                self.take(&consumer, m, &mut owned, &mut batch, &mut report)
+                this.take(&consumer, m, &mut owned, &mut batch, &mut report)
                     .await;
             }
-            self.forget_revoked(&consumer, &mut owned, &mut batch);
+            this.forget_revoked(&consumer, &mut owned, &mut batch);
             if let Ok(assigned) = consumer.assignment() {
-                metrics::gauge!("weir_consumer_partitions_owned", "group" => self.group.clone())
+                metrics::gauge!("weir_consumer_partitions_owned", "group" => this.group.clone())
                     .set(assigned.count() as f64);
             }
             if batch.is_empty() {
                 continue;
             }
-            self.decode_batch(&mut batch).await;
+            this.decode_batch(&mut batch).await;
+            // The previous batch must be committed before this one is
+            // applied: its offsets are this batch's fence.
+            if let Some(h) = inflight.take() {
+                let done = h.await;
+                this.finish(&consumer, &mut owned, &mut report, done);
+                progress.on_commit(&this.group, &mut report);
+                // It may have been abandoned: then this batch's view of those
+                // partitions is stale too and its fence will fail.
+            }
+            // Optimistically, this batch's offsets are the next fence.
+            for (p, (_, next)) in &batch.ranges {
+                if let Some(s) = owned.get_mut(p) {
+                    s.stored = Some(*next);
+                }
+            }
             let stopping = shutdown.is_cancelled();
-            self.apply_with_retry(
-                &consumer,
-                &mut owned,
-                batch,
-                &mut report,
-                &shutdown,
-                stopping,
-            )
-            .await;
-            progress.on_commit(&self.group, &mut report);
+            let task = {
+                let (this, shutdown) = (this.clone(), shutdown.clone());
+                tokio::spawn(async move { this.apply_batch(batch, shutdown, stopping).await })
+            };
+            inflight = Some(task);
         }
-        info!(group = %self.group, applied = report.applied, dead_lettered = report.dead_lettered,
+        if let Some(h) = inflight.take() {
+            let done = h.await;
+            this.finish(&consumer, &mut owned, &mut report, done);
+            progress.on_commit(&this.group, &mut report);
+        }
+        info!(group = %this.group, applied = report.applied, dead_lettered = report.dead_lettered,
               skipped = report.skipped, batches = report.batches, "consumer stopping");
         consumer.unsubscribe();
         drop(consumer);
         Ok(report)
+    }
+
+    /// Takes a batch back from the applying task: on commit, tells Kafka
+    /// (best effort) and counts; otherwise forgets the batch's partitions so
+    /// that their next records reload the stored offsets and seek.
+    fn finish(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        owned: &mut HashMap<i32, PartitionState>,
+        report: &mut RunReport,
+        done: Result<AppliedBatch<A::Event>, tokio::task::JoinError>,
+    ) {
+        let done = match done {
+            Ok(d) => d,
+            // A panic while applying: crash, before anything else is stored.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        report.store_errors += done.store_errors;
+        let batch = done.batch;
+        match done.outcome {
+            Applied::Committed => {
+                let mut tpl = TopicPartitionList::new();
+                for (p, (_, next)) in &batch.ranges {
+                    let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    debug!(error = %e, "async commit to Kafka failed (PostgreSQL holds the truth)");
+                }
+                report.applied += batch.records.len() as u64;
+                report.dead_lettered += batch.dead.len() as u64;
+                report.batches += 1;
+                let g = self.group.clone();
+                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "applied").increment(batch.records.len() as u64);
+                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "dead_lettered").increment(batch.dead.len() as u64);
+                metrics::counter!("weir_consumer_batches_total", "group" => g.clone()).increment(1);
+                metrics::histogram!("weir_consumer_batch_seconds", "group" => g)
+                    .record(done.seconds);
+            }
+            Applied::Fenced(p) => {
+                warn!(
+                    partition = p,
+                    "offset fence failed: partition owned elsewhere; batch abandoned"
+                );
+                report.fenced += 1;
+                metrics::counter!("weir_consumer_fenced_batches_total", "group" => self.group.clone()).increment(1);
+                for p in batch.ranges.keys() {
+                    owned.remove(p);
+                }
+            }
+            Applied::Abandoned => {
+                for p in batch.ranges.keys() {
+                    owned.remove(p);
+                }
+            }
+        }
     }
 
     /// Drops the state of revoked partitions and their part of the batch:
@@ -661,87 +761,58 @@ impl<A: Aggregator> GroupRuntime<A> {
         .await
     }
 
-    async fn apply_with_retry(
+    /// Applies a batch (dead letters, then one transaction with its offsets)
+    /// retrying while a store is down, then publishes its effects outside
+    /// PostgreSQL. Runs in its own task, overlapping the next batch's fetch.
+    async fn apply_batch(
         &self,
-        consumer: &StreamConsumer<GroupContext>,
-        owned: &mut HashMap<i32, PartitionState>,
         mut batch: Batch<A::Event>,
-        report: &mut RunReport,
-        shutdown: &CancellationToken,
+        shutdown: CancellationToken,
         stopping: bool,
-    ) {
+    ) -> AppliedBatch<A::Event> {
         let started = Instant::now();
+        let mut store_errors = 0u64;
         let mut backoff = Duration::from_millis(100);
         let give_up_at = stopping.then(|| Instant::now() + self.cfg.drain_timeout);
-        loop {
+        let outcome = loop {
             match self.try_apply(&mut batch).await {
-                Ok(ApplyOutcome::Committed) => break,
-                Ok(ApplyOutcome::Fenced(p)) => {
-                    // Someone else advanced this partition: our view of every
-                    // partition in the batch is suspect. Forget them; their
-                    // next records reload the stored offsets and seek.
-                    warn!(
-                        partition = p,
-                        "offset fence failed: partition owned elsewhere; batch abandoned"
-                    );
-                    report.fenced += 1;
-                    metrics::counter!("weir_consumer_fenced_batches_total", "group" => self.group.clone()).increment(1);
-                    for p in batch.ranges.keys() {
-                        owned.remove(p);
-                    }
-                    return;
-                }
+                Ok(ApplyOutcome::Committed) => break Applied::Committed,
+                Ok(ApplyOutcome::Fenced(p)) => break Applied::Fenced(p),
                 Err(e) => {
-                    report.store_errors += 1;
+                    store_errors += 1;
                     metrics::counter!("weir_consumer_store_errors_total", "group" => self.group.clone(), "store" => e.store()).increment(1);
                     let deadline_passed = give_up_at.is_some_and(|t| Instant::now() >= t);
                     if deadline_passed || (shutdown.is_cancelled() && !stopping) {
                         warn!(error = %e, "store unavailable at shutdown; batch left uncommitted for the next owner");
-                        for p in batch.ranges.keys() {
-                            owned.remove(p);
-                        }
-                        return;
+                        break Applied::Abandoned;
                     }
                     warn!(error = %e, retry_in = ?backoff, records = batch.len(), "batch not committed; pausing");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.cfg.retry_backoff_max);
                 }
             }
-        }
-
-        // Committed: advance our view, then tell Kafka (best effort).
-        let mut tpl = TopicPartitionList::new();
-        for (p, (_, next)) in &batch.ranges {
-            if let Some(s) = owned.get_mut(p) {
-                s.stored = Some(*next);
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if matches!(outcome, Applied::Committed) {
+            // Effects outside PostgreSQL, retried until they land (or shutdown).
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = self.aggregator.publish(&batch.records).await {
+                store_errors += 1;
+                metrics::counter!("weir_consumer_store_errors_total", "group" => self.group.clone(), "store" => e.store()).increment(1);
+                if shutdown.is_cancelled() {
+                    warn!(error = %e, "live state not published at shutdown; the next reports will refresh it");
+                    break;
+                }
+                warn!(error = %e, retry_in = ?backoff, "publishing live state failed; pausing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.cfg.retry_backoff_max);
             }
-            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next));
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            debug!(error = %e, "async commit to Kafka failed (PostgreSQL holds the truth)");
-        }
-        report.applied += batch.records.len() as u64;
-        report.dead_lettered += batch.dead.len() as u64;
-        report.batches += 1;
-        let g = self.group.clone();
-        metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "applied").increment(batch.records.len() as u64);
-        metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "dead_lettered").increment(batch.dead.len() as u64);
-        metrics::counter!("weir_consumer_batches_total", "group" => g.clone()).increment(1);
-        metrics::histogram!("weir_consumer_batch_seconds", "group" => g)
-            .record(started.elapsed().as_secs_f64());
-
-        // Effects outside PostgreSQL, retried until they land (or shutdown).
-        let mut backoff = Duration::from_millis(100);
-        while let Err(e) = self.aggregator.publish(&batch.records).await {
-            report.store_errors += 1;
-            metrics::counter!("weir_consumer_store_errors_total", "group" => self.group.clone(), "store" => e.store()).increment(1);
-            if shutdown.is_cancelled() {
-                warn!(error = %e, "live state not published at shutdown; the next reports will refresh it");
-                break;
-            }
-            warn!(error = %e, retry_in = ?backoff, "publishing live state failed; pausing");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.cfg.retry_backoff_max);
+        AppliedBatch {
+            batch,
+            outcome,
+            store_errors,
+            seconds,
         }
     }
 
