@@ -236,6 +236,7 @@ fn print_banner(cfg: &Config, addr: std::net::SocketAddr, edge: std::net::Socket
          \n  Try:\n    curl -s http://{addr}/api/v1/nodes | jq .\n    curl -s http://{addr}/api/v1/nodes/{node} | jq .\n    \
          curl -s http://{addr}/api/v1/fleet\n    curl -s 'http://{addr}/api/v1/uptime' | jq .\n    curl -N http://{addr}/api/v1/stream\n\
          \n  Edge         http://{edge}/<key>   (S3 {s3}, bucket {bucket}; purge on http://{admin}/cache)\n\
+         \n  Lag          weir lag describe {group}   (weir lag list, weir lag advise {group})\n\
          \n  Metrics      http://{metrics}/metrics\n\
          \n  Ctrl-C stops every role cleanly.\n",
         brokers = cfg.kafka.brokers,
@@ -243,6 +244,7 @@ fn print_banner(cfg: &Config, addr: std::net::SocketAddr, edge: std::net::Socket
         s3 = cfg.s3.endpoint,
         bucket = cfg.s3.bucket,
         admin = cfg.edge.admin_addr,
+        group = cfg.consumer.group_for("health"),
         metrics = if cfg.metrics.addr.is_empty() { "(disabled)" } else { cfg.metrics.addr.as_str() },
     );
 }
