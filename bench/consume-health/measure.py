@@ -67,6 +67,29 @@ def tree_ticks(root):
     return total
 
 
+def backend_ticks(root, dbname, exclude):
+    """CPU of the PostgreSQL backends (children of root) connected to dbname,
+    except the pids in exclude: their process title is
+    `postgres: USER DBNAME HOST(PORT) STATE`."""
+    total = 0
+    if root <= 1:
+        return 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in exclude:
+            continue
+        try:
+            f = stat_fields(d)
+            if int(f[1]) != root:
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as c:
+                title = c.read().replace(b"\0", b" ").decode(errors="replace").split()
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if len(title) >= 3 and title[0] == "postgres:" and title[2] == dbname:
+            total += int(f[11]) + int(f[12])
+    return total
+
+
 def machine_ticks():
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:
@@ -191,8 +214,17 @@ def main():
                 p.wait()
 
     me = os.getpid()
+    dbname = a.db_url.rsplit("/", 1)[-1].split("?")[0]
+    poller_backend = psql.scalar("SELECT pg_backend_pid()", 0)
+
+    def pg_split():
+        mine = backend_ticks(a.pg_pid, dbname, {poller_backend})
+        return mine, tree_ticks(a.pg_pid) - mine
+
+    pg0 = pg_split()
     c0 = {
-        "postgres": tree_ticks(a.pg_pid), "kafka": tree_ticks(a.kafka_pid),
+        "postgres: this run's backends": pg0[0],
+        "postgres: rest of the server": pg0[1], "kafka": tree_ticks(a.kafka_pid),
         "redis": tree_ticks(a.redis_pid),
         "bench poller (python + psql)": proc_ticks(me) + proc_ticks(psql.p.pid),
     }
@@ -236,8 +268,10 @@ def main():
                 break
         # CPU and memory at completion, before the members are stopped.
         end = time.time()
+        pg1 = pg_split()
         c1 = {
-            "postgres": tree_ticks(a.pg_pid), "kafka": tree_ticks(a.kafka_pid),
+            "postgres: this run's backends": pg1[0],
+            "postgres: rest of the server": pg1[1], "kafka": tree_ticks(a.kafka_pid),
             "redis": tree_ticks(a.redis_pid),
             "bench poller (python + psql)": proc_ticks(me) + proc_ticks(psql.p.pid),
         }

@@ -1,31 +1,67 @@
 #!/usr/bin/env python3
-"""report.py N "KCAT_SECONDS…" RESULT.json… — the markdown tables of
-bench/consume-health/run: throughput and ratios to kcat, then where the CPU
-went during each weir run, then the correctness checks."""
+"""report.py N "KCAT_SECONDS…" "KCAT_CPU…" "KCAT_OTHER…" RESULT.json… — the
+markdown tables of bench/consume-health/run: throughput and ratios to kcat,
+where the CPU went during each weir run, the progress timelines and the
+correctness checks.
+
+A run is flagged *disturbed* when processes other than the ones measured
+(weir, kcat, Kafka, PostgreSQL, Redis, the poller) used more than 20 % of
+one core on average during it: someone else's build or tests were taking
+the cores being measured."""
 import json
 import statistics
 import sys
 
 TARGET = 0.5
+DISTURBED = 0.20  # of one core
+
+
+def config_name(r):
+    parts = []
+    parts.append("batch_max_records = " + ("5000 (default)" if r["batch"] == "-" else r["batch"]))
+    if r.get("rdkafka", "-") != "-":
+        parts.append("rdkafka " + ", ".join(f"`{kv}`" for kv in r["rdkafka"].split(",")))
+    return "; ".join(parts)
+
+
+def short(r):
+    s = f"× {r['members']}"
+    s += ", batch " + ("default" if r["batch"] == "-" else r["batch"])
+    if r.get("rdkafka", "-") != "-":
+        s += ", " + r["rdkafka"]
+    if r["label"].rsplit("_r", 1)[-1] != "1":
+        s += f" (run {r['label'].rsplit('_r', 1)[-1]})"
+    return s
 
 
 def main() -> None:
     n = int(sys.argv[1])
     kcat = [float(x) for x in sys.argv[2].split()]
-    results = [json.load(open(p)) for p in sys.argv[3:]]
+    kcat_cpu = [float(x) for x in sys.argv[3].split()]
+    kcat_other = [float(x) for x in sys.argv[4].split()]
+    results = [json.load(open(p)) for p in sys.argv[5:]]
     k_s = statistics.median(kcat)
     k_rate = n / k_s
 
-    def verdict(r):
-        return "meets" if r >= TARGET else "**misses**"
+    def verdict(x):
+        return "meets" if x >= TARGET else "**misses**"
 
+    def disturbed(r):
+        other = r.get("cpu_s", {}).get("other")
+        if other is None or "measured_s" not in r:
+            return ""
+        share = other / r["measured_s"]
+        return f" ⚠ disturbed ({100 * share:.0f} % of a core used by other processes)" if share > DISTURBED else ""
+
+    kd = [o / t for o, t in zip(kcat_other, kcat)]
     print("| reader | wall s | events/s | ÷ kcat | events/s from first commit | ÷ kcat | target ≥ 0.5 × kcat |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    print(f"| `kcat -C … -e -o beginning -q > /dev/null` (median of {len(kcat)}: "
-          f"{', '.join(f'{t:.2f}' for t in kcat)} s) | {k_s:.2f} | {k_rate:,.0f} | 1.00 | | | |")
+    runs = ", ".join(
+        f"{t:.2f}{' ⚠' if d > DISTURBED else ''}" for t, d in zip(kcat, kd))
+    print(f"| `kcat -C … -e -o beginning -q > /dev/null`, median of {len(kcat)} ({runs} s) "
+          f"| {k_s:.2f} | {k_rate:,.0f} | 1.00 | | | |")
     for r in results:
-        name = (f"`weir consume health` × {r['members']}, batch_max_records = "
-                f"{'5000 (default)' if r['batch'] == 'default' else r['batch']}")
+        name = f"`weir consume health` × {r['members']}, {config_name(r)}{disturbed(r)}"
         if "t_done" not in r:
             print(f"| {name} | did not finish | | | | | **fails**: {'; '.join(r['errors'])} |")
             continue
@@ -39,11 +75,16 @@ def main() -> None:
             v += f"; from first commit: {verdict(b / k_rate)}"
         print(f"| {name} | {r['t_done']:.2f} | {a:,.0f} | {a / k_rate:.2f} | {bcells} | {v} |")
     print()
+    print("kcat runs: " + "; ".join(
+        f"{t:.2f} s wall, kcat {c:.2f} CPU s, other processes but Kafka {o:.2f} CPU s"
+        for t, c, o in zip(kcat, kcat_cpu, kcat_other)) + ". ⚠ = other processes used more than "
+          f"{100 * DISTURBED:.0f} % of a core during the run.")
+    print()
     print("Before each weir run: " + "; ".join(
-        f"× {r['members']} (batch {r['batch']}): {r.get('quiet', '?')}" for r in results) + ".")
+        f"{short(r)}: {r.get('quiet', '?')}" for r in results) + ".")
     print()
     print("Start-up (spawn → first non-zero `sum(reports)`): " + "; ".join(
-        f"× {r['members']} (batch {r['batch']}): {r['t_first']:.2f} s, first count {r['first_count']}"
+        f"{short(r)}: {r['t_first']:.2f} s, first count {r['first_count']}"
         for r in results if "t_first" in r) + ".")
     print()
 
@@ -54,43 +95,51 @@ def main() -> None:
             if k not in keys:
                 keys.append(k)
     order = [k for k in keys if k.startswith("weir")] + [
-        k for k in ("postgres", "kafka", "redis", "bench poller (python + psql)", "other",
+        k for k in ("postgres", "postgres: this run's backends", "postgres: rest of the server", "kafka", "redis", "bench poller (python + psql)", "other",
                     "machine total (all CPUs)") if k in keys]
+    with_cpu = [r for r in results if "cpu_s" in r]
     print("CPU seconds spent between spawning the members and `sum(reports)` = N "
           "(in brackets: % of one core over that time; the machine has 2 cores = 200 %):")
     print()
-    print("| process | " + " | ".join(
-        f"× {r['members']}, batch {r['batch']}" for r in results if "cpu_s" in r) + " |")
-    print("|---|" + "---:|" * sum(1 for r in results if "cpu_s" in r))
+    print("| process | " + " | ".join(short(r) for r in with_cpu) + " |")
+    print("|---|" + "---:|" * len(with_cpu))
     for k in order:
         cells = []
-        for r in results:
-            if "cpu_s" not in r:
-                continue
+        for r in with_cpu:
             v = r["cpu_s"].get(k)
             cells.append("" if v is None else f"{v:.2f} ({100 * v / r['measured_s']:.0f} %)")
         print(f"| {k} | " + " | ".join(cells) + " |")
     print()
-    print("weir CPU by thread (all members, whole process life until completion): " + " — ".join(
-        f"× {r['members']}, batch {r['batch']}: " + ", ".join(
-            f"`{name}` {s:.2f} s" for name, s in list(r["weir_threads_cpu_s"].items())[:6])
-        for r in results if "weir_threads_cpu_s" in r) + ".")
+    print("weir CPU by thread (all members, whole process life until completion; the "
+          "consumer loop runs on the main thread, named after the binary):")
     print()
-    print("Time inside the PostgreSQL transaction per batch (`weir_consumer_batch_seconds` "
-          "from each member's /metrics, summed over members) against the run's wall time: " + "; ".join(
-        f"× {r['members']} (batch {r['batch']}): " + (
-            f"{sum(t['sum'] for t in r['member_tx_seconds'] if t):.2f} s in "
-            f"{sum(int(t['count']) for t in r['member_tx_seconds'] if t)} transactions of {r['measured_s']:.2f} s"
-            if any(r.get("member_tx_seconds") or []) else "n/a")
-        for r in results if "measured_s" in r) + ".")
+    for r in results:
+        if "weir_threads_cpu_s" in r:
+            print(f"- {short(r)}: " + ", ".join(
+                f"`{name}` {s:.2f} s" for name, s in list(r["weir_threads_cpu_s"].items())[:6]))
+    print()
+    print("Time inside the PostgreSQL transaction of each batch (`weir_consumer_batch_seconds` "
+          "from each member's /metrics, summed over members) against the run's wall time:")
+    print()
+    for r in results:
+        if "measured_s" not in r:
+            continue
+        tx = [t for t in (r.get("member_tx_seconds") or []) if t]
+        if tx:
+            s = sum(t["sum"] for t in tx)
+            c = sum(int(t["count"]) for t in tx)
+            print(f"- {short(r)}: {s:.2f} s in {c} transactions ({1000 * s / max(c, 1):.1f} ms each) "
+                  f"of {r['measured_s']:.2f} s")
+        else:
+            print(f"- {short(r)}: n/a")
     print()
     print("Progress (seconds since spawn → `sum(reports)`, as polled every 200 ms):")
     print()
     for r in results:
         tl = r.get("timeline", [])
-        print(f"- × {r['members']}, batch {r['batch']}: " + ", ".join(f"{t:.1f}→{c}" for t, c in tl))
+        print(f"- {short(r)}: " + ", ".join(f"{t:.1f}→{c}" for t, c in tl))
     print()
-    print("Checks after the members stopped (exactly-once: every figure must equal N):")
+    print("Checks after the members stopped (exactly-once: the first three figures must equal N):")
     print()
     print("| run | sum(servers.reports) | sum(node_sessions.reports) | stored next offsets | "
           "servers / Redis nodes | applied per member | batches | fenced | skipped | store errors | peak RSS MiB | result |")
@@ -101,7 +150,7 @@ def main() -> None:
         s = lambda k: sum(x.get(k, 0) for x in reps)
         hwm = ", ".join(f"{kb / 1024:.0f}" for kb in r.get("member_hwm_kb", []))
         result = "ok" if r["ok"] else "**FAILED**: " + "; ".join(r["errors"])
-        print(f"| × {r['members']}, batch {r['batch']} | {f.get('sum_reports')} | "
+        print(f"| {short(r)} | {f.get('sum_reports')} | "
               f"{f.get('session_reports')} | {f.get('stored_offsets')} | "
               f"{f.get('servers')} / {r.get('redis_nodes')} | "
               f"{' + '.join(str(x.get('applied')) for x in reps)} | {s('batches')} | "
