@@ -120,6 +120,10 @@ async fn a_large_object_passes_through_in_bounded_memory() {
             ("WEIR_EDGE_MEMORY_BUDGET", MEMORY_BUDGET.to_string()),
             ("WEIR_EDGE_MEMORY_OBJECT_MAX", (16 * MIB).to_string()),
             ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+            // The cold pass of a large object from moto can outlast the
+            // default freshness; the warm pass must be a hit, not a
+            // revalidation.
+            ("WEIR_EDGE_FRESH_FOR", "10m".into()),
             ("WEIR_METRICS_ADDR", String::new()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
