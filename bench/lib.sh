@@ -135,6 +135,7 @@ machine_md() {
   cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
   read -r load _ </proc/loadavg
   printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  # shellcheck disable=SC2016 # (backquotes are markdown)
   printf -- '- machine: %s cores (`nproc`), %s, %s RAM (`free -h` total), %s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(free -h | awk '/^Mem:/ {print $2}')" "$(. /etc/os-release && echo "$PRETTY_NAME")"
   printf -- '- 1-min load average at start: %s; %s\n' "$load" "${QUIET_NOTE:-quietness not checked}"
