@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use weir_consumers::{ConsumerConfig, DatabaseConfig, LagConfig, RedisConfig};
-use weir_edge::{CenterConfig, EdgeConfig, S3Config};
+use weir_center::CenterConfig;
+use weir_consumers::ConsumerConfig;
+use weir_core::{DatabaseConfig, RedisConfig};
+use weir_edge::{EdgeConfig, S3Config};
+use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 

@@ -11,7 +11,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weir_consumers::RedisHandle;
+use weir_core::RedisHandle;
 use weir_edge::access::AccessLog;
 use weir_edge::Edge;
 use weir_producers::EventProducer;
@@ -56,7 +56,7 @@ pub async fn run(
             cfg.limiter.group.clone()
         };
         tracing::info!(%group, threshold = cfg.limiter.threshold, "lag-aware limiting of access events on");
-        tokio::spawn(weir_consumers::lag::signal::follow_signal(
+        tokio::spawn(weir_producers::follow_signal(
             redis.clone(),
             cfg.redis.keys(),
             group,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use weir_consumers::lag::advice::{self, Measured};
-use weir_consumers::lag::{
+use weir_core::RedisHandle;
+use weir_lag::advice::{self, Measured};
+use weir_lag::{
     seed_from_time_index, GroupReport, LagError, LagMonitor, LagReader, LagSignal, LagStatus,
 };
-use weir_consumers::RedisHandle;
 
 use crate::cli::{LagAdviseArgs, LagViewArgs};
 use crate::config::Config;
@@ -209,7 +209,7 @@ pub async fn export(
         for r in &reports {
             keep.extend(r.partitions.iter().map(|p| (p.topic.clone(), p.partition)));
             record_metrics(r);
-            let signal = LagSignal::from_report(r, cfg.lag.threshold);
+            let signal = r.signal(cfg.lag.threshold);
             let outcome = match publish(&redis, &keys, &signal, expiry_ms).await {
                 Ok(()) => "ok",
                 Err(e) => {
@@ -253,7 +253,7 @@ fn record_metrics(r: &GroupReport) {
 /// Writes the key and publishes on the channel in one transaction.
 async fn publish(
     redis: &RedisHandle,
-    keys: &weir_consumers::RedisKeys,
+    keys: &weir_schemas::RedisKeys,
     signal: &LagSignal,
     expiry_ms: u64,
 ) -> anyhow::Result<()> {

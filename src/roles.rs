@@ -9,10 +9,11 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+use weir_center::{serve, CenterState};
 use weir_consumers::{
-    AccessAggregator, Aggregator, GroupRuntime, HealthAggregator, RedisHandle, RunReport, MIGRATOR,
+    AccessAggregator, Aggregator, GroupRuntime, HealthAggregator, RunReport, MIGRATOR,
 };
-use weir_edge::center::{serve, CenterState};
+use weir_core::RedisHandle;
 use weir_producers::{run_agent, AgentReport, EventProducer};
 
 use crate::config::{parse_addr, Config};

@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicRe
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::{info, warn};
-use weir_producers::KafkaConfig;
+use weir_core::KafkaConfig;
 
 use crate::config::TopicsConfig;
 

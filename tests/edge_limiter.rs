@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use weir_consumers::lag::{LagSignal, LagStatus};
-use weir_consumers::RedisConfig;
+use weir_core::RedisConfig;
+use weir_schemas::{LagSignal, LagStatus};
 use weir_testkit::{eventually, free_addr, stack, unique, Proc, TestRedis, TestTopics};
 
 fn metric_sum(text: &str, name: &str, label: &str) -> f64 {

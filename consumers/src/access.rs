@@ -11,7 +11,8 @@ use sqlx::PgConnection;
 use weir_schemas::{AccessEvent, CacheOutcome};
 
 use crate::runtime::{Aggregator, Record, StoreError};
-use crate::stores::{RedisHandle, RedisKeys};
+use weir_core::RedisHandle;
+use weir_schemas::RedisKeys;
 
 /// Hot counters live this long in Redis: long enough for dashboards, short
 /// enough that Redis does not become the archive.

@@ -5,17 +5,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sqlx::PgConnection;
 use weir_schemas::HealthEvent;
 
 use crate::runtime::{Aggregator, Record, StoreError};
-use crate::stores::{RedisHandle, RedisKeys};
+use weir_core::RedisHandle;
+use weir_schemas::RedisKeys;
 
-/// A node's live-state key lives this many reporting intervals: one or two
-/// lost reports do not mark a node down, three do.
-pub const EXPIRY_INTERVALS: i64 = 3;
+pub use weir_schemas::health::EXPIRY_INTERVALS;
 
 /// Sets a node's live state only if it is not older than what Redis already
 /// has (a slow member finishing an old batch must not roll the state back),
@@ -268,170 +266,6 @@ impl Aggregator for HealthAggregator {
     }
 }
 
-/// Uptime of one node over a window.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeUptime {
-    /// Node.
-    pub node_id: String,
-    /// First report ever.
-    pub first_seen: DateTime<Utc>,
-    /// Last report.
-    pub last_seen: DateTime<Utc>,
-    /// Reports received in total.
-    pub reports: i64,
-    /// `up` while the last report is within the expiry, else `down`.
-    pub status: &'static str,
-    /// Seconds of the window covered by reports.
-    pub covered_secs: f64,
-    /// Seconds of the window since the node was first seen.
-    pub observed_secs: f64,
-    /// covered ÷ observed, between 0 and 1 (`null` when not yet observed).
-    pub uptime: Option<f64>,
-    /// The same per UTC day of the window.
-    pub daily: Vec<DailyUptime>,
-}
-
-/// Uptime of one node on one UTC day.
-#[derive(Debug, Clone, Serialize)]
-pub struct DailyUptime {
-    /// The day.
-    pub day: NaiveDate,
-    /// Seconds covered that day (within the window).
-    pub covered_secs: f64,
-    /// Seconds observed that day (within the window, since first seen).
-    pub observed_secs: f64,
-    /// covered ÷ observed.
-    pub uptime: Option<f64>,
-}
-
-/// A coverage interval `[start, end)`.
-type Span = (DateTime<Utc>, DateTime<Utc>);
-
-/// A `servers` row as the uptime query reads it.
-type ServerRow = (
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    i64,
-    i64,
-    DateTime<Utc>,
-);
-
-/// Computes uptime from the inventory and sessions in PostgreSQL.
-pub struct UptimeQuery<'a> {
-    /// Database holding the health tables.
-    pub pool: &'a PgPool,
-}
-
-fn overlap_secs(a: (DateTime<Utc>, DateTime<Utc>), b: (DateTime<Utc>, DateTime<Utc>)) -> f64 {
-    let start = a.0.max(b.0);
-    let end = a.1.min(b.1);
-    if end > start {
-        (end - start).num_milliseconds() as f64 / 1000.0
-    } else {
-        0.0
-    }
-}
-
-fn ratio(covered: f64, observed: f64) -> Option<f64> {
-    (observed > 0.0).then(|| (covered / observed).clamp(0.0, 1.0))
-}
-
-/// Uptime of a node over a window, given its sessions: the covered time in
-/// the window divided by the window's time since the node was first seen
-/// (and not later than `now`).
-pub(crate) fn uptime_for(
-    first_seen: DateTime<Utc>,
-    sessions: &[(DateTime<Utc>, DateTime<Utc>)],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> (f64, f64, Vec<DailyUptime>) {
-    let window = (from.max(first_seen), to.min(now));
-    let covered: f64 = sessions.iter().map(|s| overlap_secs(*s, window)).sum();
-    let observed = overlap_secs(window, window);
-    let mut daily = Vec::new();
-    if window.1 > window.0 {
-        let mut day = window.0.date_naive();
-        while let Some(start) = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()) {
-            if start >= window.1 {
-                break;
-            }
-            let end = start + ChronoDuration::days(1);
-            let w = (start.max(window.0), end.min(window.1));
-            let c: f64 = sessions.iter().map(|s| overlap_secs(*s, w)).sum();
-            let o = overlap_secs(w, w);
-            daily.push(DailyUptime {
-                day,
-                covered_secs: c,
-                observed_secs: o,
-                uptime: ratio(c, o),
-            });
-            match day.succ_opt() {
-                Some(d) => day = d,
-                None => break,
-            }
-        }
-    }
-    (covered, observed, daily)
-}
-
-impl UptimeQuery<'_> {
-    /// Uptime of every node (or one) over `[from, to)`.
-    pub async fn run(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        node: Option<&str>,
-    ) -> Result<Vec<NodeUptime>, sqlx::Error> {
-        let servers: Vec<ServerRow> = sqlx::query_as(
-            "SELECT node_id, first_seen, last_seen, reports, interval_ms, now() FROM servers \
-             WHERE first_seen < $2 AND ($3::text IS NULL OR node_id = $3) ORDER BY node_id",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(node)
-        .fetch_all(self.pool)
-        .await?;
-        let sessions: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT node_id, started_at, ended_at FROM node_sessions \
-             WHERE ended_at > $1 AND started_at < $2 AND ($3::text IS NULL OR node_id = $3) \
-             ORDER BY node_id, started_at",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(node)
-        .fetch_all(self.pool)
-        .await?;
-        let mut by_node: HashMap<String, Vec<Span>> = HashMap::new();
-        for (n, s, e) in sessions {
-            by_node.entry(n).or_default().push((s, e));
-        }
-        Ok(servers
-            .into_iter()
-            .map(
-                |(node_id, first_seen, last_seen, reports, interval_ms, now)| {
-                    let s = by_node.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
-                    let (covered, observed, daily) = uptime_for(first_seen, s, from, to, now);
-                    let up = now - last_seen
-                        <= ChronoDuration::milliseconds(interval_ms * EXPIRY_INTERVALS);
-                    NodeUptime {
-                        node_id,
-                        first_seen,
-                        last_seen,
-                        reports,
-                        status: if up { "up" } else { "down" },
-                        covered_secs: covered,
-                        observed_secs: observed,
-                        uptime: ratio(covered, observed),
-                        daily,
-                    }
-                },
-            )
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,20 +316,5 @@ mod tests {
                 reports: 1
             }]
         );
-    }
-
-    #[test]
-    fn uptime_is_covered_over_observed() {
-        // Reported for 60 s of a 120 s window starting at first sight.
-        let (c, o, daily) = uptime_for(t(0), &[(t(0), t(60))], t(0), t(120), t(10_000));
-        assert_eq!((c, o), (60.0, 120.0));
-        assert_eq!(ratio(c, o), Some(0.5));
-        assert!(!daily.is_empty());
-        // Time before the node was first seen does not count against it.
-        let (c, o, _) = uptime_for(t(60), &[(t(60), t(120))], t(0), t(120), t(10_000));
-        assert_eq!(ratio(c, o), Some(1.0));
-        // The future does not count either.
-        let (_, o, _) = uptime_for(t(0), &[(t(0), t(30))], t(0), t(120), t(60));
-        assert_eq!(o, 60.0);
     }
 }

@@ -10,17 +10,13 @@
 
 pub mod access;
 pub mod health;
-pub mod lag;
 pub mod runtime;
-pub mod stores;
 
 pub use access::AccessAggregator;
-pub use health::{HealthAggregator, NodeUptime, UptimeQuery};
-pub use lag::LagConfig;
+pub use health::HealthAggregator;
 pub use runtime::{
     Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport, RuntimeError, StoreError,
 };
-pub use stores::{DatabaseConfig, RedisConfig, RedisHandle, RedisKeys};
 
 /// Schema migrations for the tables this crate owns.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

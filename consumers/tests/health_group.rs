@@ -10,11 +10,10 @@ use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
+use weir_center::UptimeQuery;
 use weir_consumers::runtime::header_text;
-use weir_consumers::{
-    ConsumerConfig, DatabaseConfig, GroupRuntime, HealthAggregator, RedisConfig, RedisHandle,
-    RunReport, UptimeQuery, MIGRATOR,
-};
+use weir_consumers::{ConsumerConfig, GroupRuntime, HealthAggregator, RunReport, MIGRATOR};
+use weir_core::{DatabaseConfig, RedisConfig, RedisHandle};
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::topics::dlq_headers;
 use weir_schemas::HealthEvent;

@@ -1,13 +1,11 @@
-//! Weir's HTTP servers: the center API (`weir center`), which serves the
-//! fleet's live health from Redis and its uptime from PostgreSQL, and the
-//! object edge (`weir edge`), which serves S3 objects to CDN clients from a
-//! memory tier and a disk tier.
+//! The object edge (`weir edge`): serves S3 objects to CDN clients from a
+//! memory tier and a disk tier, with ranges, conditional requests, single
+//! flight per object and slice, metadata shared through Redis, and one access
+//! event per request.
 #![warn(missing_docs)]
 
 pub mod access;
-pub mod center;
 pub mod flight;
-pub mod http;
 pub mod keys;
 pub mod meta;
 pub mod objects;
@@ -16,6 +14,5 @@ pub mod ranges;
 pub mod tiers;
 pub mod upload;
 
-pub use center::{CenterConfig, CenterState};
 pub use objects::{Edge, EdgeConfig};
 pub use origin::S3Config;

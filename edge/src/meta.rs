@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use weir_consumers::RedisHandle;
+use weir_core::RedisHandle;
 
 use crate::keys::ObjectKey;
 use crate::origin::ObjectMeta;

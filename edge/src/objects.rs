@@ -33,12 +33,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weir_consumers::RedisHandle;
+use weir_core::RedisHandle;
 use weir_schemas::CacheOutcome;
 
 use crate::access::{AccessLog, AccessRecord};
 use crate::flight::{Flights, Role};
-use crate::http::ApiError;
 use crate::keys::{object_key, ObjectKey};
 use crate::meta::{MetaStore, SharedMeta};
 use crate::origin::{Fetched, ObjectMeta, Origin, OriginError, S3Config};
@@ -46,6 +45,7 @@ use crate::ranges::{
     decide_range, if_range_holds, none_match_hits, not_modified_since, ByteRange, RangeDecision,
 };
 use crate::tiers::{memory_tier, slice_id, CachedObject, DiskTier, MemoryTier};
+use weir_core::http::ApiError;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -22,9 +22,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::ApiError;
 use crate::keys::{object_key, ObjectKey};
 use crate::objects::Edge;
+use weir_core::http::ApiError;
 
 /// `POST /fetch` body.
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use weir_consumers::{RedisConfig, RedisHandle};
+use weir_core::{RedisConfig, RedisHandle};
 use weir_edge::access::AccessLog;
 use weir_edge::origin::Origin;
 use weir_edge::{Edge, EdgeConfig, S3Config};

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_schemas::{Event, HealthEvent, InterfaceStats, IpAddresses, LoadAverage};
 
-use crate::kafka::{EventProducer, PendingDelivery, ProduceError};
+use crate::producer::{EventProducer, PendingDelivery, ProduceError};
 
 /// Settings of `weir agent`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,9 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod kafka;
 pub mod limiter;
+pub mod producer;
+pub mod signal;
 
 pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
-pub use kafka::{Delivery, EventProducer, KafkaConfig, Offer, PendingDelivery, ProduceError};
 pub use limiter::{Decision, LagLimiter, LimiterConfig};
+pub use producer::{Delivery, EventProducer, Offer, PendingDelivery, ProduceError};
+pub use signal::follow_signal;
+pub use weir_core::KafkaConfig;

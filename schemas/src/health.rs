@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_id, check_range, Event, Priority};
 
+/// A node's live-state key lives this many reporting intervals: one or two
+/// lost reports do not mark a node down, three do. The health group writes
+/// the expiry and every reader of the fleet state (center, balancer) judges
+/// "down" by it.
+pub const EXPIRY_INTERVALS: i64 = 3;
+
 /// One sample of a node's health, produced by `weir agent` every interval and
 /// keyed by `node_id`.
 ///

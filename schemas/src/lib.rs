@@ -1,5 +1,6 @@
-//! Weir's wire contract: the events that cross Kafka, their schema versions,
-//! the default topic names and the codec every producer and consumer shares.
+//! Weir's cross-process contracts: the events that cross Kafka, their schema
+//! versions, the default topic names, the codec every producer and consumer
+//! shares, the Redis key layout and the lag signal.
 //!
 //! Everything that travels between processes is defined here once, so that a
 //! producer and a consumer can never disagree about a field. The JSON Schema
@@ -10,8 +11,12 @@
 pub mod access;
 pub mod codec;
 pub mod health;
+pub mod keys;
+pub mod lag;
 pub mod topics;
 
 pub use access::{AccessEvent, CacheOutcome};
 pub use codec::{decode, encode, DecodeError, Event, Priority, MAX_EVENT_BYTES};
 pub use health::{HealthEvent, InterfaceStats, IpAddresses, LoadAverage};
+pub use keys::RedisKeys;
+pub use lag::{LagSignal, LagStatus};

@@ -1,4 +1,4 @@
-//! Connections to PostgreSQL and Redis, and the names of Weir's Redis keys.
+//! Connections to PostgreSQL and Redis.
 //!
 //! Both stores may be down when a process starts or at any time after: the
 //! handles here connect lazily and time out every operation, so that a caller
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
+use weir_schemas::RedisKeys;
 
 /// PostgreSQL settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,53 +75,7 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// The key names under this config's prefix.
     pub fn keys(&self) -> RedisKeys {
-        RedisKeys {
-            prefix: self.key_prefix.clone(),
-        }
-    }
-}
-
-/// Names of Weir's Redis keys and channels, in one place.
-#[derive(Debug, Clone)]
-pub struct RedisKeys {
-    prefix: String,
-}
-
-impl RedisKeys {
-    /// Latest health of one node; expires when the node stops reporting.
-    pub fn node(&self, node_id: &str) -> String {
-        format!("{}:node:{node_id}", self.prefix)
-    }
-
-    /// Sorted set of every node ever seen, scored by last report (unix ms).
-    pub fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-
-    /// Sorted set of object keys by requests in one minute (unix seconds of
-    /// the minute's start).
-    pub fn top_objects(&self, minute: i64) -> String {
-        format!("{}:top:{minute}", self.prefix)
-    }
-
-    /// Hash of second (unix) → requests served by a node.
-    pub fn node_rps(&self, node_id: &str) -> String {
-        format!("{}:rps:{node_id}", self.prefix)
-    }
-
-    /// Pub/sub channel carrying every health change as JSON.
-    pub fn health_channel(&self) -> String {
-        format!("{}:health:changes", self.prefix)
-    }
-
-    /// Latest lag signal of one consumer group (JSON, expiring).
-    pub fn lag(&self, group: &str) -> String {
-        format!("{}:lag:{group}", self.prefix)
-    }
-
-    /// Pub/sub channel carrying every group's lag signal each interval.
-    pub fn lag_channel(&self) -> String {
-        format!("{}:lag:signals", self.prefix)
+        RedisKeys::new(&self.key_prefix)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use super::reader::GroupSnapshot;
+use crate::reader::GroupSnapshot;
 
 /// Produce and consume rates of a group over a window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,8 +192,8 @@ pub fn advise(m: &Measured, target_per_s: Option<f64>) -> Advice {
 
 #[cfg(test)]
 mod tests {
-    use super::super::reader::{GroupInfo, Member, PartitionOffsets};
     use super::*;
+    use crate::reader::{GroupInfo, Member, PartitionOffsets};
 
     fn m(produce: f64, consume: f64, members: usize, partitions: usize, lag: i64) -> Measured {
         Measured {

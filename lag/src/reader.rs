@@ -22,9 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use weir_producers::KafkaConfig;
+use weir_core::KafkaConfig;
 
-use super::assignment::decode_assignment;
+use crate::assignment::decode_assignment;
 
 /// Why a group could not be read.
 #[derive(Debug, thiserror::Error)]

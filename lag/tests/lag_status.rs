@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use weir_consumers::lag::{LagMonitor, LagReader, LagStatus};
-use weir_producers::KafkaConfig;
+use weir_core::KafkaConfig;
+use weir_lag::{LagMonitor, LagReader, LagStatus};
 use weir_testkit::groups::{commit_without_joining, delete_groups, produce, GroupMember};
 use weir_testkit::{stack, unique, TestTopics};
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::reader::GroupSnapshot;
-use super::seconds::EndOffsetHistory;
-use super::status::{LagStatus, LagWindow, Observation};
+use crate::reader::GroupSnapshot;
+use crate::seconds::EndOffsetHistory;
+use crate::status::{LagStatus, LagWindow, Observation};
 
 /// One partition in a report.
 #[derive(Debug, Clone, Serialize)]
@@ -186,8 +186,8 @@ impl LagMonitor {
 
 #[cfg(test)]
 mod tests {
-    use super::super::reader::{GroupInfo, Member, PartitionOffsets};
     use super::*;
+    use crate::reader::{GroupInfo, Member, PartitionOffsets};
 
     fn snap(at_ms: i64, members: bool, parts: &[(i32, Option<i64>, i64)]) -> GroupSnapshot {
         GroupSnapshot {

@@ -9,9 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use weir_consumers::lag::{
-    GroupInfo, GroupSnapshot, LagMonitor, LagSignal, Member, PartitionOffsets,
-};
+use weir_lag::{GroupInfo, GroupSnapshot, LagMonitor, Member, PartitionOffsets};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -52,7 +50,7 @@ fn main() {
         };
         let start = Instant::now();
         let report = monitor.observe(&snap);
-        let signal = LagSignal::from_report(&report, 200);
+        let signal = report.signal(200);
         let json = serde_json::to_string(&signal).unwrap_or_default();
         times.push(start.elapsed());
         std::hint::black_box(json);

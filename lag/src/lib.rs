@@ -9,6 +9,7 @@
 //! - [`advice`] applies the backlog playbook to measured rates.
 //!
 //! The binary's `weir lag` commands are thin wiring around these.
+#![warn(missing_docs)]
 
 pub mod advice;
 pub mod assignment;

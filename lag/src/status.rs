@@ -22,51 +22,7 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
-
-/// A partition's or group's status, from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LagStatus {
-    /// Keeping up (or nothing to do).
-    Ok,
-    /// Lag growing over the window while the group consumes.
-    Warning,
-    /// The committed offset went backwards.
-    Rewinding,
-    /// Members present, lag > 0, committed offset not moving.
-    Stalled,
-    /// No member, lag > 0, committed offset not moving.
-    Stopped,
-}
-
-impl LagStatus {
-    /// Lowercase name, as printed and exported.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LagStatus::Ok => "ok",
-            LagStatus::Warning => "warning",
-            LagStatus::Rewinding => "rewinding",
-            LagStatus::Stalled => "stalled",
-            LagStatus::Stopped => "stopped",
-        }
-    }
-
-    /// Every status, best first.
-    pub const ALL: [LagStatus; 5] = [
-        LagStatus::Ok,
-        LagStatus::Warning,
-        LagStatus::Rewinding,
-        LagStatus::Stalled,
-        LagStatus::Stopped,
-    ];
-}
-
-impl std::fmt::Display for LagStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use weir_schemas::LagStatus;
 
 /// One reading of a partition for a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

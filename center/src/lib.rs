@@ -1,0 +1,20 @@
+//! `weir center`: the fleet's health as JSON and as a live stream, and its
+//! uptime.
+//!
+//! The center never talks to agents. Live state comes from Redis (one key per
+//! reporting node, an index of every node ever seen, a pub/sub channel of
+//! changes); uptime comes from PostgreSQL. Any number of centers can run: each
+//! subscribes to the channel once and fans changes out to its own clients.
+//!
+//! - [`api`]: configuration, state, the router and the fleet endpoints;
+//! - [`live`]: the Redis subscription and the SSE stream;
+//! - [`uptime`]: uptime per node and per day from the health group's tables.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod live;
+pub mod uptime;
+
+pub use api::{router, serve, CenterConfig, CenterState};
+pub use live::Change;
+pub use uptime::{DailyUptime, NodeUptime, UptimeQuery};

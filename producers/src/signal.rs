@@ -1,0 +1,49 @@
+//! Follows the lag signal `weir lag export` writes to Redis and feeds it to
+//! a producer's [`LagLimiter`], closing the loop from consumer lag to
+//! producer rate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weir_core::RedisHandle;
+use weir_schemas::{LagSignal, RedisKeys};
+
+use crate::limiter::LagLimiter;
+
+/// Feeds `limiter` from `group`'s signal in Redis every `interval` until
+/// `shutdown`. The key is read (not the channel subscribed): a reader that
+/// reconnects never misses "the latest", and an expired key means the
+/// exporter is gone, which the limiter answers by failing open once its
+/// `stale_after` passes. Redis errors are logged and retried next interval.
+pub async fn follow_signal(
+    redis: Arc<RedisHandle>,
+    keys: RedisKeys,
+    group: String,
+    limiter: Arc<LagLimiter>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let key = keys.lag(&group);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let got: Result<Option<String>, redis::RedisError> = async {
+            let mut c = redis.conn().await?;
+            redis::cmd("GET").arg(&key).query_async(&mut c).await
+        }
+        .await;
+        match got {
+            Ok(Some(text)) => match serde_json::from_str::<LagSignal>(&text) {
+                Ok(s) => limiter.update(s.lag_per_partition(), std::time::Instant::now()),
+                Err(e) => tracing::warn!(%key, error = %e, "unreadable lag signal"),
+            },
+            Ok(None) => tracing::debug!(%key, "no lag signal (exporter not running?)"),
+            Err(e) => tracing::warn!(%key, error = %e, "cannot read the lag signal"),
+        }
+    }
+}
