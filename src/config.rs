@@ -19,24 +19,7 @@ use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
-/// A configuration error, naming the key at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("config error: {key}: {message}")]
-pub struct ConfigError {
-    /// Dotted key (`agent.interval`) or environment variable.
-    pub key: String,
-    /// What is wrong and, where useful, what is expected.
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use weir_core::config::{parse_addr, ConfigError};
 
 /// Topic names and how `weir topics ensure` creates them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -517,12 +500,6 @@ fn mask_password(url: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
     }
-}
-
-/// Parses a listen address.
-pub fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| ConfigError::new(key, format!("{v:?} is not an address like 127.0.0.1:8081")))
 }
 
 fn merge(base: &mut Value, over: Value) {

@@ -7,12 +7,16 @@
 //! `weir-schemas`, and each role's logic in its own crate.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod shutdown;
 pub mod stores;
+pub mod telemetry;
 
+pub use config::{ConfigError, Validate};
 pub use http::ApiError;
 pub use kafka::KafkaConfig;
 pub use shutdown::shutdown_on_signals;
 pub use stores::{DatabaseConfig, RedisConfig, RedisHandle};
+pub use telemetry::{InternalEvent, InternalEventHandle, RegisterInternalEvent};
