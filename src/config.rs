@@ -5,7 +5,6 @@
 //! Every error names the key (`agent.interval`, or the environment variable
 //! that set it) so that a typo is fixed in one look.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
