@@ -18,6 +18,7 @@ use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
+use weir_core::config::{is_secret_key, mask_url, Validate};
 pub use weir_core::config::{parse_addr, ConfigError};
 
 /// Topic names and how `weir topics ensure` creates them.
@@ -56,6 +57,41 @@ impl Default for TopicsConfig {
     }
 }
 
+impl Validate for TopicsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, name) in [
+            ("topics.health", &self.health),
+            ("topics.access", &self.access),
+            ("topics.dlq", &self.dlq),
+        ] {
+            let valid = !name.is_empty()
+                && name.len() <= 249
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name:?} is not a valid Kafka topic name"),
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(ConfigError::new(
+                "topics.partitions",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=32).contains(&self.replication) {
+            return Err(ConfigError::new(
+                "topics.replication",
+                "must be between 1 and 32",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where `/metrics`, `/livez` and `/readyz` are served for non-HTTP roles.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,6 +110,15 @@ impl Default for MetricsConfig {
         MetricsConfig {
             addr: DEFAULT_METRICS_ADDR.into(),
         }
+    }
+}
+
+impl Validate for MetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.addr.is_empty() {
+            parse_addr("metrics.addr", &self.addr)?;
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +142,21 @@ impl Default for LogConfig {
     }
 }
 
+impl Validate for LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("{:?} is not a log filter", self.level),
+            ));
+        }
+        if !matches!(self.format.as_str(), "text" | "json") {
+            return Err(ConfigError::new("log.format", "must be text or json"));
+        }
+        Ok(())
+    }
+}
+
 /// `weir up`: every role in one process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +168,15 @@ pub struct UpConfig {
 impl Default for UpConfig {
     fn default() -> Self {
         UpConfig { consumers: 2 }
+    }
+}
+
+impl Validate for UpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=64).contains(&self.consumers) {
+            return Err(ConfigError::new("up.consumers", "must be between 1 and 64"));
+        }
+        Ok(())
     }
 }
 
@@ -187,100 +256,32 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The configuration as TOML, with URL passwords replaced by `***`.
+    /// The configuration as TOML, with every secret replaced by `***`: URL
+    /// passwords, the S3 secret key, and raw Kafka settings whose name says
+    /// they hold a secret (`sasl.password`, `ssl.key.password`, …).
     pub fn to_toml_masked(&self) -> anyhow::Result<String> {
         let mut c = self.clone();
-        c.database.url = mask_password(&c.database.url);
-        c.redis.url = mask_password(&c.redis.url);
+        c.database.url = mask_url(&c.database.url);
+        c.redis.url = mask_url(&c.redis.url);
+        for (k, v) in c.kafka.rdkafka.iter_mut() {
+            if is_secret_key(k) {
+                *v = "***".into();
+            }
+        }
         if !c.s3.secret_access_key.is_empty() {
             c.s3.secret_access_key = "***".into();
         }
         Ok(toml::to_string(&c)?)
     }
 
-    /// Checks values that types alone cannot.
+    /// Checks values that types alone cannot: each section checks itself
+    /// (beside its struct), then the checks that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(ConfigError::new(
-                "kafka.brokers",
-                "must list at least one host:port",
-            ));
-        }
-        for b in self.kafka.brokers.split(',') {
-            let b = b.trim();
-            let ok = b
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
-                return Err(ConfigError::new(
-                    "kafka.brokers",
-                    format!("{b:?} is not host:port"),
-                ));
-            }
-        }
-        for (key, name) in [
-            ("topics.health", &self.topics.health),
-            ("topics.access", &self.topics.access),
-            ("topics.dlq", &self.topics.dlq),
-        ] {
-            let valid = !name.is_empty()
-                && name.len() <= 249
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !valid {
-                return Err(ConfigError::new(
-                    key,
-                    format!("{name:?} is not a valid Kafka topic name"),
-                ));
-            }
-        }
-        if !(1..=10_000).contains(&self.topics.partitions) {
-            return Err(ConfigError::new(
-                "topics.partitions",
-                "must be between 1 and 10000",
-            ));
-        }
-        if !(1..=32).contains(&self.topics.replication) {
-            return Err(ConfigError::new(
-                "topics.replication",
-                "must be between 1 and 32",
-            ));
-        }
-        if redis::Client::open(self.redis.url.as_str()).is_err() {
-            return Err(ConfigError::new(
-                "redis.url",
-                format!("{:?} is not a Redis URL", self.redis.url),
-            ));
-        }
-        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
-            return Err(ConfigError::new(
-                "redis.key_prefix",
-                "must be non-empty, without whitespace",
-            ));
-        }
-        if self
-            .database
-            .url
-            .parse::<sqlx::postgres::PgConnectOptions>()
-            .is_err()
-            || !self.database.url.starts_with("postgres")
-        {
-            return Err(ConfigError::new("database.url", "is not a postgres:// URL"));
-        }
-        if self.database.max_connections == 0 {
-            return Err(ConfigError::new(
-                "database.max_connections",
-                "must be at least 1",
-            ));
-        }
-        let i = self.agent.interval;
-        if i < Duration::from_millis(10) || i > Duration::from_secs(3600) {
-            return Err(ConfigError::new(
-                "agent.interval",
-                format!("{} is outside 10ms..=1h", humantime::format_duration(i)),
-            ));
-        }
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        self.redis.validate()?;
+        self.database.validate()?;
+        self.agent.validate()?;
         if !(1..=1_000_000).contains(&self.consumer.batch_max_records) {
             return Err(ConfigError::new(
                 "consumer.batch_max_records",
@@ -300,64 +301,15 @@ impl Config {
                 "must be between 1s and 5m",
             ));
         }
-        parse_addr("center.addr", &self.center.addr)?;
-        if !self.metrics.addr.is_empty() {
-            parse_addr("metrics.addr", &self.metrics.addr)?;
-        }
+        self.center.validate()?;
+        self.metrics.validate()?;
         self.validate_edge()?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::new(
-                "log.level",
-                format!("{:?} is not a log filter", self.log.level),
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::new("log.format", "must be text or json"));
-        }
-        if !(1..=64).contains(&self.up.consumers) {
-            return Err(ConfigError::new("up.consumers", "must be between 1 and 64"));
-        }
-        let li = self.lag.interval;
-        if li < Duration::from_millis(100) || li > Duration::from_secs(3600) {
-            return Err(ConfigError::new(
-                "lag.interval",
-                "must be between 100ms and 1h",
-            ));
-        }
-        if self.lag.window < li * 2 || self.lag.window > Duration::from_secs(86_400) {
-            return Err(ConfigError::new(
-                "lag.window",
-                "must span at least two lag.interval readings and at most 24h",
-            ));
-        }
-        if self.lag.timeout < Duration::from_millis(100)
-            || self.lag.timeout > Duration::from_secs(300)
-        {
-            return Err(ConfigError::new(
-                "lag.timeout",
-                "must be between 100ms and 5m",
-            ));
-        }
-        if self.lag.threshold == 0 {
-            return Err(ConfigError::new("lag.threshold", "must be at least 1"));
-        }
-        let l = &self.limiter;
-        if l.threshold == 0 {
-            return Err(ConfigError::new("limiter.threshold", "must be at least 1"));
-        }
-        if !(l.min_fraction > 0.0 && l.min_fraction <= 1.0) {
-            return Err(ConfigError::new(
-                "limiter.min_fraction",
-                "must be in (0, 1]",
-            ));
-        }
-        if !(l.kp.is_finite() && l.kp >= 0.0 && l.ki.is_finite() && l.ki >= 0.0) {
-            return Err(ConfigError::new(
-                "limiter.kp",
-                "kp and ki must be finite and non-negative",
-            ));
-        }
-        if l.stale_after < self.lag.interval {
+        self.log.validate()?;
+        self.up.validate()?;
+        self.lag.validate()?;
+        self.limiter.validate()?;
+        // Across sections.
+        if self.limiter.stale_after < self.lag.interval {
             return Err(ConfigError::new(
                 "limiter.stale_after",
                 "must be at least lag.interval",
@@ -485,20 +437,6 @@ impl Config {
 fn invalid_header_value(v: &str) -> bool {
     v.bytes()
         .any(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
-}
-
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((creds, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }
 
 fn merge(base: &mut Value, over: Value) {
@@ -652,6 +590,20 @@ mod tests {
         let text = c.to_toml_masked().expect("toml");
         assert!(text.contains("postgres://weir:***@db:5432/weir"), "{text}");
         assert!(!text.contains("s3cret"));
+        // Raw Kafka settings that hold secrets are masked too; the rest shows.
+        let file = write(
+            "[kafka.rdkafka]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.password\" = \"k3y\"\n\"sasl.username\" = \"alice\"\n",
+        );
+        let c = Config::load(Some(&file.0), env(&[])).expect("loads");
+        let text = c.to_toml_masked().expect("toml");
+        assert!(!text.contains("hunter2") && !text.contains("k3y"), "{text}");
+        assert!(text.contains("alice"), "{text}");
+        // An invalid Redis URL's error does not echo its password.
+        let e = Config::load(None, env(&[("WEIR_REDIS_URL", "rediss://:pa55w0rd@h:x/")]))
+            .expect_err("invalid URL");
+        assert_eq!(e.key, "redis.url");
+        assert!(!e.to_string().contains("pa55w0rd"), "{e}");
+        let c = Config::load(None, env(&[])).expect("loads");
         // What it prints loads back to the same settings.
         let back: Config = toml::from_str(&text).expect("round trip");
         assert_eq!(back.agent.interval, c.agent.interval);
@@ -733,6 +685,22 @@ mod tests {
             (None, vec![("WEIR_CENTER_ADR", "x")], "WEIR_CENTER_ADR"),
             (None, vec![("WEIR_CENTER_ADDR", "localhost")], "center.addr"),
             (None, vec![("WEIR_KAFKA_BROKERS", "")], "kafka.brokers"),
+            (
+                None,
+                vec![("WEIR_CENTER_KEEPALIVE", "0s")],
+                "center.keepalive",
+            ),
+            (None, vec![("WEIR_REDIS_TIMEOUT", "0s")], "redis.timeout"),
+            (
+                None,
+                vec![("WEIR_KAFKA_MESSAGE_TIMEOUT", "0s")],
+                "kafka.message_timeout",
+            ),
+            (
+                None,
+                vec![("WEIR_AGENT_NODE_ID", "a\u{0}b")],
+                "agent.node_id",
+            ),
             (
                 None,
                 vec![("WEIR_DATABASE_URL", "mysql://x")],

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use weir_core::config::{parse_addr, ConfigError, Validate};
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -46,6 +47,27 @@ impl Default for CenterConfig {
             keepalive: Duration::from_secs(15),
             stream_buffer: 1024,
         }
+    }
+}
+
+impl Validate for CenterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("center.addr", &self.addr)?;
+        // Zero would send keep-alive comments in a busy loop.
+        if self.keepalive < Duration::from_millis(100) || self.keepalive > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::new(
+                "center.keepalive",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.stream_buffer) {
+            return Err(ConfigError::new(
+                "center.stream_buffer",
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! How every role reaches Kafka: bootstrap servers, client ids and the raw
 //! librdkafka escape hatch, shared by producers, consumers and admin clients.
 
+use crate::config::{nonzero_duration, ConfigError, Validate};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,6 +41,40 @@ impl Default for KafkaConfig {
             queue_max_messages: 100_000,
             rdkafka: BTreeMap::new(),
         }
+    }
+}
+
+impl Validate for KafkaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "must list at least one host:port",
+            ));
+        }
+        for b in self.brokers.split(',') {
+            let b = b.trim();
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::new(
+                    "kafka.brokers",
+                    format!("{b:?} is not host:port"),
+                ));
+            }
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new("kafka.client_id", "must not be empty"));
+        }
+        nonzero_duration("kafka.message_timeout", self.message_timeout)?;
+        if self.queue_max_messages == 0 {
+            return Err(ConfigError::new(
+                "kafka.queue_max_messages",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! handles here connect lazily and time out every operation, so that a caller
 //! sees an error it can answer (503, pause and retry) instead of a hang.
 
+use crate::config::{mask_url, nonzero_duration, ConfigError, Validate};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,6 +34,21 @@ impl Default for DatabaseConfig {
             max_connections: 8,
             connect_timeout: Duration::from_secs(3),
         }
+    }
+}
+
+impl Validate for DatabaseConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.parse::<PgConnectOptions>().is_err() || !self.url.starts_with("postgres") {
+            return Err(ConfigError::new("database.url", "is not a postgres:// URL"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        nonzero_duration("database.connect_timeout", self.connect_timeout)
     }
 }
 
@@ -69,6 +85,25 @@ impl Default for RedisConfig {
             key_prefix: "weir".into(),
             timeout: Duration::from_secs(2),
         }
+    }
+}
+
+impl Validate for RedisConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if redis::Client::open(self.url.as_str()).is_err() {
+            // Never echo the URL's password in an error.
+            return Err(ConfigError::new(
+                "redis.url",
+                format!("{:?} is not a Redis URL", mask_url(&self.url)),
+            ));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "redis.key_prefix",
+                "must be non-empty, without whitespace",
+            ));
+        }
+        nonzero_duration("redis.timeout", self.timeout)
     }
 }
 

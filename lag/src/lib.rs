@@ -20,6 +20,7 @@ pub mod signal;
 pub mod status;
 
 use std::time::Duration;
+use weir_core::config::{ConfigError, Validate};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,34 @@ impl Default for LagConfig {
             timeout: Duration::from_secs(10),
             threshold: 200,
         }
+    }
+}
+
+impl Validate for LagConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let li = self.interval;
+        if li < Duration::from_millis(100) || li > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "lag.interval",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if self.window < li * 2 || self.window > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "lag.window",
+                "must span at least two lag.interval readings and at most 24h",
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "lag.timeout",
+                "must be between 100ms and 5m",
+            ));
+        }
+        if self.threshold == 0 {
+            return Err(ConfigError::new("lag.threshold", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_core::config::{ConfigError, Validate};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,35 @@ impl Default for AgentConfig {
             wan_ips: Vec::new(),
             max_reports: 0,
         }
+    }
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let i = self.interval;
+        if i < Duration::from_millis(10) || i > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "agent.interval",
+                format!(
+                    "{} is outside 10ms..=1h",
+                    humantime_serde::re::humantime::format_duration(i)
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("agent.node_id", &self.node_id),
+            ("agent.service", &self.service),
+            ("agent.endpoint", &self.endpoint),
+            ("agent.cdn_type", &self.cdn_type),
+        ] {
+            if v.len() > 255 || v.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    key,
+                    "must be at most 255 bytes, without control characters",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use weir_core::config::{ConfigError, Validate};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,33 @@ impl Default for LimiterConfig {
             ki: 0.05,
             stale_after: Duration::from_secs(30),
         }
+    }
+}
+
+impl Validate for LimiterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.threshold == 0 {
+            return Err(ConfigError::new("limiter.threshold", "must be at least 1"));
+        }
+        if !(self.min_fraction > 0.0 && self.min_fraction <= 1.0) {
+            return Err(ConfigError::new(
+                "limiter.min_fraction",
+                "must be in (0, 1]",
+            ));
+        }
+        if !(self.kp.is_finite() && self.kp >= 0.0) {
+            return Err(ConfigError::new(
+                "limiter.kp",
+                "must be finite and non-negative",
+            ));
+        }
+        if !(self.ki.is_finite() && self.ki >= 0.0) {
+            return Err(ConfigError::new(
+                "limiter.ki",
+                "must be finite and non-negative",
+            ));
+        }
+        Ok(())
     }
 }
 
