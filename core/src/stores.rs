@@ -7,11 +7,11 @@
 use crate::config::{mask_url, nonzero_duration, ConfigError, Validate};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::sync::Mutex;
 use weir_schemas::RedisKeys;
 
 /// PostgreSQL settings.
@@ -114,11 +114,30 @@ impl RedisConfig {
     }
 }
 
+/// One connection attempt, shared by every caller that arrives while it runs.
+type Attempt = Shared<BoxFuture<'static, Result<ConnectionManager, (redis::ErrorKind, String)>>>;
+
+/// Where the handle's connection stands.
+enum Conn {
+    /// Nothing yet, or the last attempt failed: the next caller starts one.
+    Idle,
+    /// An attempt is running; callers join it instead of starting another
+    /// (or queueing behind a lock for one timeout each).
+    Connecting { id: u64, attempt: Attempt },
+    /// Connected; the manager reconnects by itself from here on.
+    Ready(ConnectionManager),
+}
+
 /// Lazily connected, self-reconnecting Redis connection shared by a process.
+///
+/// While Redis is unreachable (refused, or black-holed: accepting and never
+/// answering), concurrent callers share one connection attempt, so each of
+/// them waits at most one timeout, however many there are.
 pub struct RedisHandle {
     client: redis::Client,
     timeout: Duration,
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: std::sync::Mutex<Conn>,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl RedisHandle {
@@ -127,7 +146,8 @@ impl RedisHandle {
         Ok(RedisHandle {
             client: redis::Client::open(cfg.url.as_str())?,
             timeout: cfg.timeout,
-            conn: Mutex::new(None),
+            conn: std::sync::Mutex::new(Conn::Idle),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -139,25 +159,133 @@ impl RedisHandle {
     /// A connection, establishing it on first use. Once established it
     /// reconnects by itself; every command is bounded by the timeout.
     pub async fn conn(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+        let (id, attempt) = {
+            let mut state = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            match &*state {
+                Conn::Ready(c) => return Ok(c.clone()),
+                Conn::Connecting { id, attempt } => (*id, attempt.clone()),
+                Conn::Idle => {
+                    let id = self
+                        .attempts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let attempt = self.attempt();
+                    *state = Conn::Connecting {
+                        id,
+                        attempt: attempt.clone(),
+                    };
+                    (id, attempt)
+                }
+            }
+        };
+        let result = attempt.await;
+        let mut state = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let current = matches!(&*state, Conn::Connecting { id: i, .. } if *i == id);
+        match result {
+            Ok(c) => {
+                if current {
+                    *state = Conn::Ready(c.clone());
+                }
+                Ok(c)
+            }
+            Err((kind, detail)) => {
+                if current {
+                    *state = Conn::Idle;
+                }
+                Err(redis::RedisError::from((
+                    kind,
+                    "cannot connect to Redis",
+                    detail,
+                )))
+            }
         }
+    }
+
+    /// A connection attempt bounded by the timeout, as a future any number
+    /// of callers can await together.
+    fn attempt(&self) -> Attempt {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)
             .set_number_of_retries(1)
             .set_max_delay(1000);
         let fut = ConnectionManager::new_with_config(self.client.clone(), cfg);
-        let c = tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((
+        let timeout = self.timeout;
+        async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err((e.kind(), e.to_string())),
+                Err(_) => Err((
                     redis::ErrorKind::IoError,
-                    "timed out connecting to Redis",
-                ))
-            })??;
-        *guard = Some(c.clone());
-        Ok(c)
+                    format!("timed out after {timeout:?}"),
+                )),
+            }
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that accepts and never answers: the worst Redis.
+    async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_attempt_against_a_black_hole() {
+        let (addr, task) = black_hole().await;
+        let cfg = RedisConfig {
+            url: format!("redis://{addr}/"),
+            timeout: Duration::from_millis(300),
+            ..RedisConfig::default()
+        };
+        let h = std::sync::Arc::new(RedisHandle::new(&cfg).expect("url"));
+        let t0 = std::time::Instant::now();
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let t = std::time::Instant::now();
+                    let r = h.conn().await;
+                    (r.is_err(), t.elapsed())
+                })
+            })
+            .collect();
+        for c in calls {
+            let (failed, took) = c.await.expect("join");
+            assert!(failed, "a black hole cannot give a connection");
+            assert!(
+                took < Duration::from_millis(900),
+                "one caller waited {took:?}"
+            );
+        }
+        // Twenty callers, one timeout: not twenty timeouts in a row.
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        // The failed attempt is forgotten: the next caller tries again.
+        let t = std::time::Instant::now();
+        assert!(h.conn().await.is_err());
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        task.abort();
     }
 }
