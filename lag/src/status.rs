@@ -47,6 +47,20 @@ impl Observation {
 pub struct LagWindow {
     window_ms: i64,
     obs: VecDeque<Observation>,
+    /// While the partition has never been committed: the log end at the
+    /// first such reading, and when the log first grew past it. Records
+    /// that arrived while we watched and were never committed for a whole
+    /// window mean a member that is stuck on them (a wedged first batch), not
+    /// an idle topic; kept outside the sliding window so that a wedge does
+    /// not turn `ok` again once the traffic stops.
+    uncommitted: Option<Uncommitted>,
+}
+
+/// See [`LagWindow::uncommitted`].
+#[derive(Debug, Clone, Copy)]
+struct Uncommitted {
+    end_at_first: i64,
+    grew_at_ms: Option<i64>,
 }
 
 impl LagWindow {
@@ -55,6 +69,7 @@ impl LagWindow {
         LagWindow {
             window_ms: window_ms.max(1),
             obs: VecDeque::new(),
+            uncommitted: None,
         }
     }
 
@@ -64,6 +79,20 @@ impl LagWindow {
     pub fn push(&mut self, o: Observation) {
         if self.obs.back().is_some_and(|l| o.at_ms < l.at_ms) {
             return;
+        }
+        match (o.committed, &mut self.uncommitted) {
+            (Some(_), u) => *u = None,
+            (None, None) => {
+                self.uncommitted = Some(Uncommitted {
+                    end_at_first: o.end,
+                    grew_at_ms: None,
+                })
+            }
+            (None, Some(u)) => {
+                if u.grew_at_ms.is_none() && o.end > u.end_at_first {
+                    u.grew_at_ms = Some(o.at_ms);
+                }
+            }
         }
         self.obs.push_back(o);
         let start = o.at_ms - self.window_ms;
@@ -95,9 +124,21 @@ impl LagWindow {
         if committed.windows(2).any(|w| w[1] < w[0]) {
             return LagStatus::Rewinding;
         }
+        if last.committed.is_none() {
+            // Never committed. Records produced since we started watching
+            // that nobody committed: with members, stalled once a whole
+            // window passed; without, stopped. An idle topic (nothing new),
+            // or a group that joined at the end and has had nothing to do,
+            // is fine.
+            let grew = self.uncommitted.and_then(|u| u.grew_at_ms);
+            return match grew {
+                Some(_) if !has_members => LagStatus::Stopped,
+                Some(t) if last.at_ms - t >= self.window_ms => LagStatus::Stalled,
+                _ => LagStatus::Ok,
+            };
+        }
         let lag = match last.lag() {
             Some(l) if l > 0 => l,
-            // No lag, or never committed (nothing to judge: shown plainly).
             _ => return LagStatus::Ok,
         };
         let moved = committed.first() != committed.last();
@@ -157,6 +198,28 @@ mod tests {
         assert_eq!(judge(&idle, false), LagStatus::Ok);
         // Never committed and idle: nothing to judge.
         assert_eq!(judge(&steady(30, |_| (None, 0)), false), LagStatus::Ok);
+        // Old records, never committed, nothing new (a group that joined at
+        // the end of an idle topic): ok.
+        assert_eq!(judge(&steady(30, |_| (None, 700)), true), LagStatus::Ok);
+    }
+
+    #[test]
+    fn records_never_committed_for_a_window_are_stalled() {
+        // A member stuck on its first batch: records arrive at 2 s, nothing
+        // is ever committed.
+        let r = steady(30, |i| (None, if i < 2 { 0 } else { 4 }));
+        assert_eq!(judge(&r[..8], true), LagStatus::Ok, "too early to say");
+        assert_eq!(judge(&r, true), LagStatus::Stalled);
+        // Still stalled long after the traffic stopped (the growth is not
+        // forgotten when it leaves the sliding window).
+        let long = steady(100, |i| (None, if i < 2 { 0 } else { 4 }));
+        assert_eq!(judge(&long, true), LagStatus::Stalled);
+        // No member left: stopped.
+        assert_eq!(judge(&r, false), LagStatus::Stopped);
+        // The first commit clears it.
+        let mut healed = r.clone();
+        healed.push((Some(4), 4));
+        assert_eq!(judge(&healed, true), LagStatus::Ok);
     }
 
     #[test]

@@ -28,14 +28,22 @@ async fn each_status_comes_from_its_scenario_only() {
     produce(&st.kafka, &busy, 0, 10).await;
 
     let g = |s: &str| unique(&format!("lag-{s}"));
-    let (idle, growing, stalled, stopped, rewinding) =
-        (g("idle"), g("grow"), g("stall"), g("stop"), g("rewind"));
+    let (idle, growing, stalled, stopped, rewinding, wedged) = (
+        g("idle"),
+        g("grow"),
+        g("stall"),
+        g("stop"),
+        g("rewind"),
+        g("wedge"),
+    );
+    let fresh = topics.dlq.clone();
     let expected: BTreeMap<&str, LagStatus> = BTreeMap::from([
         (idle.as_str(), LagStatus::Ok),
         (growing.as_str(), LagStatus::Warning),
         (stalled.as_str(), LagStatus::Stalled),
         (stopped.as_str(), LagStatus::Stopped),
         (rewinding.as_str(), LagStatus::Rewinding),
+        (wedged.as_str(), LagStatus::Stalled),
     ]);
 
     // Idle: caught up on a topic nobody writes to.
@@ -52,14 +60,19 @@ async fn each_status_comes_from_its_scenario_only() {
     // Growing: 100 records/s produced, 30/s committed.
     let m_grow = GroupMember::join(&st.kafka, &growing, "grow", &[&busy], 1);
     m_grow.commit(&[(&busy, 0, 0)]);
+    // Wedged: a member stuck on its first batch, which never commits the
+    // records that arrive while it is watched (issue 9: such a group looked
+    // `ok` with total lag 0).
+    let m_wedge = GroupMember::join(&st.kafka, &wedged, "wedge", &[&fresh], 1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let driver = std::thread::spawn({
-        let (brokers, busy, quiet, rewinding, stop) = (
+        let (brokers, busy, quiet, rewinding, fresh, stop) = (
             st.kafka.clone(),
             busy.clone(),
             quiet.clone(),
             rewinding.clone(),
+            fresh.clone(),
             stop.clone(),
         );
         move || {
@@ -70,7 +83,14 @@ async fn each_status_comes_from_its_scenario_only() {
             let start = Instant::now();
             let mut committed = 0i64;
             let mut rewound = false;
+            let mut wedge_fed = false;
             while !stop.load(Ordering::Relaxed) {
+                if !wedge_fed && start.elapsed() > Duration::from_millis(500) {
+                    for _ in 0..4 {
+                        let _ = p.send(BaseRecord::<(), str>::to(&fresh).partition(0).payload("x"));
+                    }
+                    wedge_fed = true;
+                }
                 for _ in 0..10 {
                     let _ = p.send(BaseRecord::<(), str>::to(&busy).partition(0).payload("x"));
                 }
@@ -116,7 +136,7 @@ async fn each_status_comes_from_its_scenario_only() {
     .expect("monitor");
     stop.store(true, Ordering::Relaxed);
     driver.join().expect("driver");
-    drop((m_idle, m_stall));
+    drop((m_idle, m_stall, m_wedge));
 
     for (g, want) in &expected {
         assert_eq!(last[*g], *want, "final status of {g}: seen {:?}", seen[*g]);
