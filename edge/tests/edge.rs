@@ -171,7 +171,7 @@ async fn start(mut opts: Options) -> Harness {
     let url = format!("http://{}", client.local_addr().expect("addr"));
     let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    tokio::spawn(weir_edge::objects::serve(
+    tokio::spawn(weir_edge::serve(
         client,
         admin,
         edge,
