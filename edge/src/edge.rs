@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use weir_core::RedisHandle;
+use weir_core::{RedisHandle, RegisterInternalEvent};
 
 use crate::access::AccessLog;
 use crate::config::EdgeConfig;
+use crate::events::{OriginRequests, OriginRequestsHandle, RequestsHandle, RequestsServed};
 use crate::fill::Fill;
 use crate::flight::Flights;
 use crate::keys::ObjectKey;
@@ -37,6 +38,10 @@ pub struct Edge {
     pub(crate) slices: Flights<String, bytes::Bytes>,
     pub(crate) heads: Flights<String, Option<ObjectMeta>>,
     pub(crate) access: Option<AccessLog>,
+    /// Per-request metrics, registered once.
+    pub(crate) requests: RequestsHandle,
+    /// Origin request counters, registered once.
+    pub(crate) origin_requests: OriginRequestsHandle,
     fetcher: reqwest::Client,
     public_url: String,
 }
@@ -84,6 +89,8 @@ impl Edge {
             slices: Flights::default(),
             heads: Flights::default(),
             access,
+            requests: RequestsServed.register(),
+            origin_requests: OriginRequests.register(),
             cfg,
         }))
     }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tracing::{info, warn};
+use weir_core::{InternalEvent, InternalEventHandle};
 
 use crate::edge::Edge;
+use crate::events::{DiskWriteFailed, ObjectChanged, OriginFetch};
 use crate::keys::ObjectKey;
 use crate::origin::{Fetched, ObjectMeta, OriginError};
 use crate::tiers::{slice_id, CachedObject};
@@ -38,7 +39,7 @@ impl Edge {
             }
         }
         let s = self.cfg.slice_size;
-        metrics::counter!("weir_edge_origin_requests_total", "kind" => "fill").increment(1);
+        self.origin_requests.emit(OriginFetch::Fill);
         let first = self
             .origin
             .get(&obj, Some(format!("bytes=0-{}", s - 1)), None)
@@ -63,13 +64,13 @@ impl Edge {
         if meta.size > self.cfg.memory_object_max {
             if body.len() as u64 == s {
                 if let Err(e) = self.disk.put(slice_id(&id, &meta.etag, 0), &body).await {
-                    warn!(error = %e, "disk tier write failed");
+                    DiskWriteFailed { error: &e }.emit();
                 }
             }
             return Ok(Fill::Large(meta));
         }
         let body = if (body.len() as u64) < meta.size {
-            metrics::counter!("weir_edge_origin_requests_total", "kind" => "rest").increment(1);
+            self.origin_requests.emit(OriginFetch::Rest);
             let rest = self
                 .origin
                 .get(
@@ -127,8 +128,7 @@ impl Edge {
                 if let Some(b) = edge.disk.get(&sid, len).await {
                     return Ok(b);
                 }
-                metrics::counter!("weir_edge_origin_requests_total", "kind" => "slice")
-                    .increment(1);
+                edge.origin_requests.emit(OriginFetch::Slice);
                 match edge
                     .origin
                     .get(&o, Some(format!("bytes={start}-{end}")), Some(&etag))
@@ -138,7 +138,7 @@ impl Edge {
                         if m.etag == etag && body.len() as u64 == len =>
                     {
                         if let Err(e) = edge.disk.put(sid, &body).await {
-                            warn!(error = %e, "disk tier write failed");
+                            DiskWriteFailed { error: &e }.emit();
                         }
                         Ok(body)
                     }
@@ -147,7 +147,7 @@ impl Edge {
             })
             .await;
         if res == Err(OriginError::Changed) {
-            info!(key = %obj.key, "object changed at the origin; forgetting its metadata");
+            ObjectChanged { key: &obj.key }.emit();
             self.forget(obj).await;
         }
         res

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod config;
 pub mod edge;
+pub mod events;
 pub mod fill;
 pub mod flight;
 pub mod keys;

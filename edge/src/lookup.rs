@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::warn;
 use weir_core::http::ApiError;
+use weir_core::InternalEvent;
 use weir_schemas::CacheOutcome;
 
 use crate::edge::Edge;
+use crate::events::StaleServed;
 use crate::fill::Fill;
 use crate::flight::Role;
 use crate::keys::ObjectKey;
@@ -176,7 +177,12 @@ impl Edge {
                 let Some((meta, checked_at)) = stale else {
                     return Err(origin_error(e).into());
                 };
-                warn!(error = %e, key = %obj.key, "origin failed; serving stale slices");
+                StaleServed {
+                    key: &obj.key,
+                    error: &e,
+                    tier: "disk",
+                }
+                .emit();
                 let found = Found {
                     meta,
                     checked_at,
@@ -230,7 +236,12 @@ impl Edge {
                 Ok(None)
             }
             Err(e) if age < self.cfg.fresh_for + self.cfg.stale_grace => {
-                warn!(error = %e, key = %obj.key, "origin failed; serving a stale copy");
+                StaleServed {
+                    key: &obj.key,
+                    error: &e,
+                    tier: "memory",
+                }
+                .emit();
                 Ok(Some(self.reply_memory(
                     req,
                     o,

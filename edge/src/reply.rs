@@ -9,9 +9,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use weir_core::InternalEvent;
 use weir_schemas::CacheOutcome;
 
 use crate::edge::Edge;
+use crate::events::ResponseCut;
 use crate::keys::ObjectKey;
 use crate::lookup::{origin_error, Fail, ObjectRequest};
 use crate::origin::{ObjectMeta, OriginError};
@@ -200,7 +202,7 @@ fn slice_stream(
             match res {
                 Ok(b) => yield Ok(b),
                 Err(e) => {
-                    tracing::warn!(error = %e, key = %obj.key, slice = i, "slice failed mid-response");
+                    ResponseCut { key: &obj.key, slice: i, error: &e }.emit();
                     if let Some(t) = next.take() { t.abort(); }
                     yield Err(std::io::Error::other(e.to_string()));
                     break;

@@ -19,12 +19,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, Instrument};
 use weir_core::http::ApiError;
+use weir_core::InternalEventHandle;
 use weir_schemas::CacheOutcome;
 
 use crate::access::AccessRecord;
 use crate::edge::Edge;
+use crate::events::{outcome_label, Served};
 use crate::keys::object_key;
 use crate::lookup::ObjectRequest;
 use crate::plan::Conditions;
@@ -126,10 +128,22 @@ async fn error_reply(e: ApiError, head: bool) -> Reply {
     }
 }
 
+/// One client request, inside a span carrying its request id, method and
+/// (once decoded) key, so every log line of its lookup and fill names it.
 async fn client_request(State(edge): State<Arc<Edge>>, req: Request) -> Response {
+    let request_id = next_request_id();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        key = tracing::field::Empty,
+    );
+    answer(edge, req, request_id).instrument(span).await
+}
+
+async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
     let start = Instant::now();
     let ts = Utc::now();
-    let request_id = next_request_id();
     // Absent when the router is driven without a socket (tests).
     let peer = req
         .extensions()
@@ -149,6 +163,7 @@ async fn client_request(State(edge): State<Arc<Edge>>, req: Request) -> Response
         match object_key(raw_path, &edge.bucket, &edge.cfg.buckets) {
             Err(e) => Err(ApiError::bad_request(e.to_string())),
             Ok(obj) => {
+                tracing::Span::current().record("key", obj.key.as_str());
                 key_for_log = obj.key.clone();
                 let req = ObjectRequest {
                     obj,
@@ -165,10 +180,11 @@ async fn client_request(State(edge): State<Arc<Edge>>, req: Request) -> Response
     };
     let status = reply.status;
     let cache = reply.cache;
-    metrics::counter!("weir_edge_requests_total", "cache" => outcome_label(cache), "status" => status.as_u16().to_string())
-        .increment(1);
-    metrics::histogram!("weir_edge_request_duration_seconds", "cache" => outcome_label(cache))
-        .record(start.elapsed().as_secs_f64());
+    edge.requests.emit(Served {
+        cache,
+        status: status.as_u16(),
+        duration: start.elapsed(),
+    });
     let record = edge.access.as_ref().map(|_| AccessRecord {
         ts,
         request_id: request_id.clone(),
@@ -213,18 +229,6 @@ async fn client_request(State(edge): State<Arc<Edge>>, req: Request) -> Response
     resp.headers_mut()
         .insert("x-cache", HeaderValue::from_static(outcome_label(cache)));
     resp
-}
-
-fn outcome_label(c: CacheOutcome) -> &'static str {
-    match c {
-        CacheOutcome::Hit => "hit",
-        CacheOutcome::Miss => "miss",
-        CacheOutcome::Stream => "stream",
-        CacheOutcome::Coalesced => "coalesced",
-        CacheOutcome::Stale => "stale",
-        CacheOutcome::Revalidated => "revalidated",
-        CacheOutcome::Bypass => "bypass",
-    }
 }
 
 /// `DELETE /cache?prefix=…&bucket=…`.

@@ -15,17 +15,8 @@ use tower::ServiceExt;
 use weir_edge::{Edge, EdgeConfig, S3Config};
 use weir_testkit::unique;
 
-fn s3(endpoint: Option<String>) -> S3Config {
-    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    S3Config {
-        endpoint: endpoint.unwrap_or_else(|| var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000")),
-        bucket: var("WEIR_S3_BUCKET", "weir"),
-        region: var("WEIR_S3_REGION", "us-east-1"),
-        access_key_id: "test".into(),
-        secret_access_key: "test".into(),
-        ..S3Config::default()
-    }
-}
+mod support;
+use support::s3_config as s3;
 
 /// An edge without Redis or access log, its disk tier in a fresh directory.
 fn edge(s3: &S3Config) -> Arc<Edge> {
@@ -228,4 +219,45 @@ async fn admin_router_answers_health_and_refuses_a_purge_without_prefix() {
         .await
         .expect("infallible");
     assert_eq!(purge.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Records the fields of every `request` span.
+struct RequestSpans(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RequestSpans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={v:?} ", f.name()));
+            }
+        }
+        if attrs.metadata().name() == "request" {
+            let mut f = Fields(String::new());
+            attrs.record(&mut f);
+            self.0.lock().expect("lock").push(f.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_request_runs_in_a_span_carrying_its_request_id() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(RequestSpans(spans.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let edge = edge(&s3(None));
+    let resp = call(&edge, Method::DELETE, "/x", &[]).await;
+    let id = header(&resp, "x-request-id")
+        .expect("request id")
+        .to_string();
+    let seen = spans.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains(&format!("request_id={id}")), "{seen:?}");
+    assert!(seen[0].contains("method=DELETE"), "{seen:?}");
 }
