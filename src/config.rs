@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use weir_center::CenterConfig;
 use weir_consumers::ConsumerConfig;
-use weir_core::{DatabaseConfig, RedisConfig};
+use weir_core::{DatabaseConfig, RedisConfig, Validate};
 use weir_edge::{EdgeConfig, S3Config};
 use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
-use weir_core::config::{is_secret_key, mask_url, Validate};
+use weir_core::config::{is_secret_key, mask_url};
 pub use weir_core::config::{parse_addr, ConfigError};
 
 /// Topic names and how `weir topics ensure` creates them.
@@ -320,123 +320,11 @@ impl Config {
 }
 
 impl Config {
+    /// The edge's sections check themselves (`weir_edge::config`).
     fn validate_edge(&self) -> Result<(), ConfigError> {
-        let s3 = &self.s3;
-        if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
-            return Err(ConfigError::new(
-                "s3.endpoint",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        let valid_bucket = |b: &str| {
-            (3..=63).contains(&b.len())
-                && b.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-        };
-        if !valid_bucket(&s3.bucket) {
-            return Err(ConfigError::new(
-                "s3.bucket",
-                format!("{:?} is not an S3 bucket name", s3.bucket),
-            ));
-        }
-        if s3.region.is_empty() {
-            return Err(ConfigError::new(
-                "s3.region",
-                "must be set (requests are signed with it)",
-            ));
-        }
-        if s3.timeout < Duration::from_millis(10) || s3.timeout > Duration::from_secs(300) {
-            return Err(ConfigError::new(
-                "s3.timeout",
-                "must be between 10ms and 5m",
-            ));
-        }
-        if !(1..=10).contains(&s3.max_attempts) {
-            return Err(ConfigError::new(
-                "s3.max_attempts",
-                "must be between 1 and 10",
-            ));
-        }
-        let e = &self.edge;
-        let client = parse_addr("edge.addr", &e.addr)?;
-        let admin = parse_addr("edge.admin_addr", &e.admin_addr)?;
-        if client == admin && client.port() != 0 {
-            return Err(ConfigError::new(
-                "edge.admin_addr",
-                "must differ from edge.addr",
-            ));
-        }
-        if let Some(b) = e.buckets.iter().find(|b| !valid_bucket(b)) {
-            return Err(ConfigError::new(
-                "edge.buckets",
-                format!("{b:?} is not an S3 bucket name"),
-            ));
-        }
-        if invalid_header_value(&e.cache_control) {
-            return Err(ConfigError::new(
-                "edge.cache_control",
-                "must be a valid header value",
-            ));
-        }
-        if e.slice_size < 64 * 1024 || e.slice_size > 256 * 1024 * 1024 {
-            return Err(ConfigError::new(
-                "edge.slice_size",
-                "must be between 64 KiB and 256 MiB",
-            ));
-        }
-        if e.memory_object_max < e.slice_size || e.memory_object_max > u64::from(u32::MAX) {
-            return Err(ConfigError::new(
-                "edge.memory_object_max",
-                "must be at least edge.slice_size and below 4 GiB",
-            ));
-        }
-        if e.memory_budget < e.memory_object_max {
-            return Err(ConfigError::new(
-                "edge.memory_budget",
-                "must be at least edge.memory_object_max",
-            ));
-        }
-        if e.disk_budget < e.slice_size {
-            return Err(ConfigError::new(
-                "edge.disk_budget",
-                "must hold at least one slice",
-            ));
-        }
-        if e.upload_max == 0 {
-            return Err(ConfigError::new("edge.upload_max", "must be at least 1"));
-        }
-        if e.fetch_max_redirects > 20 {
-            return Err(ConfigError::new(
-                "edge.fetch_max_redirects",
-                "must be at most 20",
-            ));
-        }
-        if e.fetch_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "edge.fetch_timeout",
-                "must be more than 0s",
-            ));
-        }
-        let public_ok = e.public_url.is_empty()
-            || e.public_url.starts_with("http://")
-            || e.public_url.starts_with("https://");
-        if !public_ok {
-            return Err(ConfigError::new(
-                "edge.public_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        if e.fresh_for.is_zero() {
-            return Err(ConfigError::new("edge.fresh_for", "must be more than 0s"));
-        }
-        Ok(())
+        self.s3.validate()?;
+        self.edge.validate()
     }
-}
-
-/// Header values are visible ASCII, space and tab.
-fn invalid_header_value(v: &str) -> bool {
-    v.bytes()
-        .any(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
 }
 
 fn merge(base: &mut Value, over: Value) {

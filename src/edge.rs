@@ -89,7 +89,7 @@ pub async fn run(
         Some(m) => Router::new().route("/metrics", get(move || std::future::ready(m.render()))),
         None => Router::new(),
     };
-    weir_edge::objects::serve(client, admin, edge, extra, shutdown)
+    weir_edge::serve(client, admin, edge, extra, shutdown)
         .await
         .context("edge server")?;
     let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_DRAIN)).await;

@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use weir_core::{InternalEventHandle, RegisterInternalEvent};
 use weir_producers::{EventProducer, Offer, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome};
+
+use crate::events::{AccessShed, AccessShedHandle, ShedReason};
 
 /// Produces access events for one edge process.
 pub struct AccessLog {
@@ -19,6 +22,7 @@ pub struct AccessLog {
     node_id: String,
     source_id: String,
     seq: AtomicU64,
+    shed: AccessShedHandle,
 }
 
 /// What the handler knows about a request once it is answered.
@@ -59,6 +63,7 @@ impl AccessLog {
             node_id,
             source_id: uuid::Uuid::new_v4().to_string(),
             seq: AtomicU64::new(0),
+            shed: AccessShed.register(),
         }
     }
 
@@ -89,15 +94,8 @@ impl AccessLog {
             Ok(Offer::Queued(_pending)) => {}
             // Consumers are behind: the limiter counted the shed event.
             Ok(Offer::Shed) => {}
-            Err(ProduceError::QueueFull) => {
-                metrics::counter!("weir_edge_access_events_shed_total", "reason" => "queue_full")
-                    .increment(1);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "access event not queued");
-                metrics::counter!("weir_edge_access_events_shed_total", "reason" => "error")
-                    .increment(1);
-            }
+            Err(ProduceError::QueueFull) => self.shed.emit(ShedReason::QueueFull),
+            Err(e) => self.shed.emit(ShedReason::Error(e.to_string())),
         }
     }
 }

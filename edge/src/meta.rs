@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use weir_core::RedisHandle;
+use weir_core::{InternalEvent, RedisHandle};
 
+use crate::events::RedisFailed;
 use crate::keys::ObjectKey;
 use crate::origin::ObjectMeta;
 
@@ -94,10 +95,12 @@ impl MetaStore {
     }
 
     fn failed(&self, e: &redis::RedisError) {
-        if self.available() {
-            tracing::warn!(error = %e, backoff = ?self.backoff, "Redis failed; serving without shared metadata for a while");
+        RedisFailed {
+            error: e,
+            backoff: self.backoff,
+            starts_backoff: self.available(),
         }
-        metrics::counter!("weir_edge_redis_errors_total").increment(1);
+        .emit();
         self.skip_until.store(
             now_ms() + self.backoff.as_millis() as u64,
             Ordering::Relaxed,

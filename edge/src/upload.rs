@@ -22,8 +22,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::edge::Edge;
 use crate::keys::{object_key, ObjectKey};
-use crate::objects::Edge;
 use weir_core::http::ApiError;
 
 /// `POST /fetch` body.

@@ -19,23 +19,12 @@ use tokio_util::sync::CancellationToken;
 use weir_core::{RedisConfig, RedisHandle};
 use weir_edge::access::AccessLog;
 use weir_edge::origin::Origin;
-use weir_edge::{Edge, EdgeConfig, S3Config};
+use weir_edge::{Edge, EdgeConfig};
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::{AccessEvent, CacheOutcome};
+mod support;
+use support::s3_config;
 use weir_testkit::{stack, unique, PrivateService, TestRedis, TestTopics};
-
-fn s3_config(endpoint: Option<String>) -> S3Config {
-    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    S3Config {
-        endpoint: endpoint.unwrap_or_else(|| var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000")),
-        bucket: var("WEIR_S3_BUCKET", "weir"),
-        region: var("WEIR_S3_REGION", "us-east-1"),
-        access_key_id: "test".into(),
-        secret_access_key: "test".into(),
-        timeout: Duration::from_secs(5),
-        max_attempts: 2,
-    }
-}
 
 /// Counts `GET` request lines going to the origin.
 struct CountingProxy {
@@ -171,7 +160,7 @@ async fn start(mut opts: Options) -> Harness {
     let url = format!("http://{}", client.local_addr().expect("addr"));
     let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    tokio::spawn(weir_edge::objects::serve(
+    tokio::spawn(weir_edge::serve(
         client,
         admin,
         edge,

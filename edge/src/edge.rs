@@ -1,0 +1,202 @@
+//! The edge's state: its tiers, origin, shared metadata, flights and access
+//! log, built once from the config and shared by every request; and the
+//! operations that change what it knows (remember, forget, purge).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use weir_core::{RedisHandle, RegisterInternalEvent};
+
+use crate::access::AccessLog;
+use crate::config::EdgeConfig;
+use crate::events::{OriginRequests, OriginRequestsHandle, RequestsHandle, RequestsServed};
+use crate::fill::Fill;
+use crate::flight::Flights;
+use crate::keys::ObjectKey;
+use crate::meta::{MetaStore, SharedMeta};
+use crate::origin::{ObjectMeta, Origin, S3Config};
+use crate::tiers::{memory_tier, DiskTier, MemoryTier};
+
+/// Metadata remembered by this node, positive or negative.
+#[derive(Debug)]
+pub(crate) struct MetaEntry {
+    pub(crate) meta: Option<ObjectMeta>,
+    pub(crate) checked_at: Instant,
+}
+
+/// The edge: tiers, origin, shared metadata and access log.
+pub struct Edge {
+    pub(crate) cfg: EdgeConfig,
+    pub(crate) bucket: String,
+    pub(crate) origin: Origin,
+    pub(crate) memory: MemoryTier,
+    pub(crate) disk: DiskTier,
+    pub(crate) meta: Cache<String, Arc<MetaEntry>>,
+    pub(crate) shared: Option<Arc<MetaStore>>,
+    pub(crate) objects: Flights<String, Fill>,
+    pub(crate) slices: Flights<String, bytes::Bytes>,
+    pub(crate) heads: Flights<String, Option<ObjectMeta>>,
+    pub(crate) access: Option<AccessLog>,
+    /// Per-request metrics, registered once.
+    pub(crate) requests: RequestsHandle,
+    /// Origin request counters, registered once.
+    pub(crate) origin_requests: OriginRequestsHandle,
+    fetcher: reqwest::Client,
+    public_url: String,
+}
+
+impl Edge {
+    /// Builds the edge; opens (and empties) the disk tier. `redis` with its
+    /// key prefix enables shared metadata; `access` enables access events.
+    pub fn new(
+        cfg: EdgeConfig,
+        s3: &S3Config,
+        redis: Option<(Arc<RedisHandle>, String)>,
+        access: Option<AccessLog>,
+    ) -> std::io::Result<Arc<Edge>> {
+        let disk = DiskTier::open(&cfg.resolved_disk_dir(), cfg.disk_budget)?;
+        let shared = redis.map(|(handle, prefix)| {
+            Arc::new(MetaStore::new(
+                handle,
+                &prefix,
+                cfg.meta_ttl,
+                cfg.negative_ttl,
+                cfg.redis_backoff,
+            ))
+        });
+        let meta = Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(cfg.fresh_for.max(cfg.negative_ttl) + cfg.stale_grace)
+            .support_invalidation_closures()
+            .build();
+        let fetcher = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(cfg.fetch_max_redirects))
+            .timeout(cfg.fetch_timeout)
+            .connect_timeout(cfg.fetch_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(Edge {
+            fetcher,
+            public_url: cfg.resolved_public_url(),
+            memory: memory_tier(cfg.memory_budget),
+            bucket: s3.bucket.clone(),
+            origin: Origin::new(s3),
+            disk,
+            meta,
+            shared,
+            objects: Flights::default(),
+            slices: Flights::default(),
+            heads: Flights::default(),
+            access,
+            requests: RequestsServed.register(),
+            origin_requests: OriginRequests.register(),
+            cfg,
+        }))
+    }
+
+    /// The S3 client (uploads, tests).
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Bucket served at `/{key}`.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Buckets served at `/{bucket}/{key}` (empty: single-bucket paths).
+    pub fn buckets(&self) -> &[String] {
+        &self.cfg.buckets
+    }
+
+    /// `edge.upload_max`.
+    pub fn upload_max(&self) -> u64 {
+        self.cfg.upload_max
+    }
+
+    /// HTTP client of `POST /fetch` (redirect and time limits applied).
+    pub fn fetcher(&self) -> &reqwest::Client {
+        &self.fetcher
+    }
+
+    /// The edge URL of an object, percent-encoded.
+    pub fn url_of(&self, obj: &ObjectKey) -> String {
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~')
+            .remove(b'/');
+        let key = percent_encoding::utf8_percent_encode(&obj.key, SEGMENT);
+        if self.cfg.buckets.is_empty() {
+            format!("{}/{key}", self.public_url)
+        } else {
+            format!("{}/{}/{key}", self.public_url, obj.bucket)
+        }
+    }
+
+    /// Records what the origin said about an object, here and in Redis.
+    pub(crate) async fn remember(&self, obj: &ObjectKey, meta: Option<ObjectMeta>) {
+        if let Some(s) = &self.shared {
+            s.put(
+                obj,
+                meta.clone()
+                    .map(SharedMeta::Found)
+                    .unwrap_or(SharedMeta::Missing),
+            );
+        }
+        self.remember_locally(obj.cache_id(), meta, Instant::now())
+            .await;
+    }
+
+    /// Records metadata on this node only (learnt from Redis, say).
+    pub(crate) async fn remember_locally(
+        &self,
+        id: String,
+        meta: Option<ObjectMeta>,
+        checked_at: Instant,
+    ) {
+        self.meta
+            .insert(id, Arc::new(MetaEntry { meta, checked_at }))
+            .await;
+    }
+
+    /// Forgets what this node and Redis know about an object (changed at
+    /// the origin, or purged).
+    pub(crate) async fn forget(&self, obj: &ObjectKey) -> bool {
+        let id = obj.cache_id();
+        self.memory.invalidate(&id).await;
+        self.meta.invalidate(&id).await;
+        self.disk.invalidate_prefix(format!("{id}\u{0}"));
+        match &self.shared {
+            Some(s) => s.remove(obj).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Purges one object from every tier; false when Redis could not be
+    /// reached (the local tiers are purged regardless).
+    pub async fn purge(&self, obj: &ObjectKey) -> bool {
+        self.forget(obj).await
+    }
+
+    /// Purges every object of `bucket` whose key starts with `prefix`;
+    /// returns the Redis entries removed, or `None` when Redis failed.
+    pub async fn purge_prefix(&self, bucket: &str, prefix: &str) -> Option<u64> {
+        let p = format!("{bucket}\u{0}{prefix}");
+        let p2 = p.clone();
+        let _ = self
+            .memory
+            .invalidate_entries_if(move |k, _| k.starts_with(&p2));
+        let p3 = p.clone();
+        let _ = self
+            .meta
+            .invalidate_entries_if(move |k, _| k.starts_with(&p3));
+        self.disk.invalidate_prefix(p);
+        match &self.shared {
+            Some(s) => s.remove_prefix(bucket, prefix).await.ok(),
+            None => Some(0),
+        }
+    }
+}

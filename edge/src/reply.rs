@@ -1,0 +1,215 @@
+//! Building replies from a [`ReplyPlan`]: headers common to every answer
+//! about an object, a whole object from memory, and a large object streamed
+//! slice by slice from the disk tier (never collected).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use weir_core::InternalEvent;
+use weir_schemas::CacheOutcome;
+
+use crate::edge::Edge;
+use crate::events::ResponseCut;
+use crate::keys::ObjectKey;
+use crate::lookup::{origin_error, Fail, ObjectRequest};
+use crate::origin::{ObjectMeta, OriginError};
+use crate::plan::{plan, Plan};
+use crate::tiers::CachedObject;
+
+/// An answer before access accounting.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: ReplyBody,
+    pub(crate) cache: CacheOutcome,
+    pub(crate) object_size: Option<u64>,
+    pub(crate) origin_us: u64,
+}
+
+/// The body of a [`Reply`].
+pub(crate) enum ReplyBody {
+    Empty,
+    Bytes(Bytes),
+    Stream(BoxStream<'static, Result<Bytes, std::io::Error>>),
+}
+
+/// What a lookup found about an object, and how it found it.
+pub(crate) struct Found {
+    /// The version being answered.
+    pub(crate) meta: ObjectMeta,
+    /// When the origin last confirmed it (for `Age`).
+    pub(crate) checked_at: Instant,
+    /// How the lookup went.
+    pub(crate) cache: CacheOutcome,
+    /// Time spent waiting on the origin, µs.
+    pub(crate) origin_us: u64,
+}
+
+/// A header value from text that may not be one (then empty).
+pub(crate) fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl Found {
+    fn reply(&self, status: StatusCode, headers: HeaderMap, body: ReplyBody) -> Reply {
+        Reply {
+            status,
+            headers,
+            body,
+            cache: self.cache,
+            object_size: Some(self.meta.size),
+            origin_us: self.origin_us,
+        }
+    }
+}
+
+impl Edge {
+    /// Headers of every answer about an object (validators, caching), plus
+    /// those `plan` adds (type, length, range).
+    fn object_headers(&self, meta: &ObjectMeta, checked_at: Instant, plan: Plan) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, hv(&meta.etag));
+        if let Some(lm) = meta.last_modified {
+            h.insert(header::LAST_MODIFIED, hv(&httpdate::fmt_http_date(lm)));
+        }
+        h.insert(header::CACHE_CONTROL, hv(&self.cfg.cache_control));
+        h.insert(
+            header::AGE,
+            HeaderValue::from(checked_at.elapsed().as_secs()),
+        );
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let size = meta.size;
+        match plan {
+            Plan::NotModified => {}
+            Plan::Unsatisfiable => {
+                h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            Plan::Full => {
+                h.insert(header::CONTENT_TYPE, hv(&meta.content_type));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            }
+            Plan::Partial(r) => {
+                h.insert(header::CONTENT_TYPE, hv(&meta.content_type));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
+                h.insert(
+                    header::CONTENT_RANGE,
+                    hv(&format!("bytes {}-{}/{size}", r.start, r.end)),
+                );
+            }
+        }
+        h
+    }
+
+    /// Answers from a whole object held in memory.
+    pub(crate) fn reply_memory(
+        &self,
+        req: &ObjectRequest<'_>,
+        o: &CachedObject,
+        cache: CacheOutcome,
+        origin_us: u64,
+    ) -> Reply {
+        let p = plan(&o.meta, &req.conditions, req.head);
+        let headers = self.object_headers(&o.meta, o.checked_at, p.plan);
+        let body = match p.plan.bytes(o.meta.size) {
+            Some(r) if p.body => ReplyBody::Bytes(o.body.slice(r.start as usize..=r.end as usize)),
+            _ => ReplyBody::Empty,
+        };
+        Reply {
+            status: p.plan.status(),
+            headers,
+            body,
+            cache,
+            object_size: Some(o.meta.size),
+            origin_us,
+        }
+    }
+
+    /// Answers about a large object, streaming its slices from the disk
+    /// tier (fetched once each, with `If-Match` on `found`'s ETag).
+    pub(crate) async fn reply_large(
+        self: &Arc<Self>,
+        req: &ObjectRequest<'_>,
+        found: Found,
+    ) -> Result<Reply, Fail> {
+        let p = plan(&found.meta, &req.conditions, req.head);
+        let headers = self.object_headers(&found.meta, found.checked_at, p.plan);
+        let r = match p.plan.bytes(found.meta.size) {
+            Some(r) if p.body => r,
+            _ => return Ok(found.reply(p.plan.status(), headers, ReplyBody::Empty)),
+        };
+        let s = self.cfg.slice_size;
+        let (first, last) = (r.start / s, r.end / s);
+        // The first slice is fetched before answering, so that a failure
+        // becomes a proper status rather than a cut response.
+        let first_bytes = match self.slice(&req.obj, &found.meta, first).await {
+            Ok(b) => b,
+            Err(OriginError::Changed) => return Err(Fail::Changed),
+            Err(e) => return Err(origin_error(e).into()),
+        };
+        let cut = move |b: Bytes, i: u64| -> Bytes {
+            let slice_start = i * s;
+            let from = r.start.saturating_sub(slice_start) as usize;
+            let to = ((r.end + 1 - slice_start) as usize).min(b.len());
+            b.slice(from..to)
+        };
+        let stream = slice_stream(
+            self.clone(),
+            req.obj.clone(),
+            found.meta.clone(),
+            first,
+            last,
+        )
+        .enumerate()
+        .map(move |(n, item)| item.map(|b| cut(b, first + 1 + n as u64)));
+        let head = futures::stream::once(async move { Ok(cut(first_bytes, first)) });
+        Ok(found.reply(
+            p.plan.status(),
+            headers,
+            ReplyBody::Stream(head.chain(stream).boxed()),
+        ))
+    }
+}
+
+/// Slices `first + 1 ..= last`, with one slice of read-ahead: the next
+/// slice is on its way while this one is sent, so memory per response stays
+/// at two slices. Ends with an error (cutting the response short, the only
+/// honest answer once headers are sent: the client sees an incomplete body,
+/// never bytes of two versions) when a slice fails.
+fn slice_stream(
+    edge: Arc<Edge>,
+    obj: ObjectKey,
+    meta: ObjectMeta,
+    first: u64,
+    last: u64,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    async_stream::stream! {
+        let fetch = |i: u64| {
+            let (e, o, m) = (edge.clone(), obj.clone(), meta.clone());
+            tokio::spawn(async move { e.slice(&o, &m, i).await })
+        };
+        let mut next = (first < last).then(|| fetch(first + 1));
+        let mut i = first + 1;
+        while let Some(task) = next.take() {
+            let res = task.await.unwrap_or_else(|e| Err(OriginError::Unavailable(e.to_string())));
+            if i < last {
+                next = Some(fetch(i + 1));
+            }
+            match res {
+                Ok(b) => yield Ok(b),
+                Err(e) => {
+                    ResponseCut { key: &obj.key, slice: i, error: &e }.emit();
+                    if let Some(t) = next.take() { t.abort(); }
+                    yield Err(std::io::Error::other(e.to_string()));
+                    break;
+                }
+            }
+            i += 1;
+        }
+    }
+    .boxed()
+}

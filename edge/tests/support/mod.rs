@@ -1,0 +1,16 @@
+//! What the edge's test binaries share.
+
+use weir_edge::S3Config;
+
+/// The local stack's S3 server (or `endpoint`), with its test credentials.
+pub fn s3_config(endpoint: Option<String>) -> S3Config {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    S3Config {
+        endpoint: endpoint.unwrap_or_else(|| var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000")),
+        bucket: var("WEIR_S3_BUCKET", "weir"),
+        region: var("WEIR_S3_REGION", "us-east-1"),
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+        ..S3Config::default()
+    }
+}
