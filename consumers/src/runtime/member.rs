@@ -1,0 +1,512 @@
+//! One member of a consumer group: the loop that collects a batch while the
+//! previous one is applied, and the applying task (dead letters, one
+//! transaction with the fenced offsets, then effects outside PostgreSQL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use weir_producers::{EventProducer, KafkaConfig};
+
+use super::batch::{decode_parallel, Batch, RawRecord};
+use super::dead_letters::DeadLetters;
+use super::offsets::{place, OffsetStore, PartitionState, Placement};
+use super::rebalance::GroupContext;
+use super::retry::Backoff;
+use super::{Aggregator, ConsumerConfig, RunReport, RuntimeError, StoreError};
+
+/// Logs progress every few seconds while records flow, so an operator
+/// watching a backlog drain sees its rate.
+struct Progress {
+    first: Option<Instant>,
+    last_log: Instant,
+    logged_records: u64,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Progress {
+            first: None,
+            last_log: Instant::now(),
+            logged_records: 0,
+        }
+    }
+
+    /// The first record of a batch arrived.
+    fn on_batch_start(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+    }
+
+    fn on_commit(&mut self, group: &str, report: &mut RunReport) {
+        let now = Instant::now();
+        let first = *self.first.get_or_insert(now);
+        let done = report.applied + report.dead_lettered;
+        report.busy_secs = now.duration_since(first).as_secs_f64();
+        if report.busy_secs > 0.0 {
+            report.rate_per_sec = done as f64 / report.busy_secs;
+        }
+        if now.duration_since(self.last_log) >= Self::EVERY {
+            let window = now.duration_since(self.last_log).as_secs_f64();
+            let rate = (done - self.logged_records) as f64 / window;
+            info!(
+                group,
+                records = done,
+                rate_per_sec = rate.round(),
+                "progress"
+            );
+            self.last_log = now;
+            self.logged_records = done;
+        }
+    }
+}
+
+enum ApplyOutcome {
+    Committed,
+    Fenced(i32),
+}
+
+/// How a batch handed to the applying task ended.
+enum Applied {
+    /// Effects and offsets committed.
+    Committed,
+    /// Another member moved the partition's offset first.
+    Fenced(i32),
+    /// A store stayed down past the shutdown deadline.
+    Abandoned,
+}
+
+/// A batch back from the applying task.
+struct AppliedBatch<E> {
+    batch: Batch<E>,
+    outcome: Applied,
+    store_errors: u64,
+    seconds: f64,
+}
+
+/// One member of a consumer group running an aggregator.
+pub struct GroupRuntime<A: Aggregator> {
+    cfg: ConsumerConfig,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    aggregator: Arc<A>,
+    offsets: OffsetStore,
+    dead_letters: DeadLetters,
+}
+
+impl<A: Aggregator> GroupRuntime<A> {
+    /// Wires a member; nothing connects until `run`.
+    pub fn new(
+        cfg: ConsumerConfig,
+        kafka: KafkaConfig,
+        topic: String,
+        dlq_topic: String,
+        pool: PgPool,
+        aggregator: Arc<A>,
+        dlq: EventProducer,
+    ) -> Self {
+        let group = cfg.group_for(aggregator.role());
+        GroupRuntime {
+            cfg,
+            kafka,
+            pool,
+            aggregator,
+            offsets: OffsetStore {
+                group: group.clone(),
+                topic: topic.clone(),
+            },
+            dead_letters: DeadLetters {
+                producer: dlq,
+                topic: dlq_topic,
+                source_topic: topic,
+                group,
+            },
+        }
+    }
+
+    /// The group id this member joins.
+    pub fn group(&self) -> &str {
+        &self.offsets.group
+    }
+
+    fn topic(&self) -> &str {
+        &self.offsets.topic
+    }
+
+    fn consumer(&self) -> Result<StreamConsumer<GroupContext>, KafkaError> {
+        let mut c = self
+            .kafka
+            .client_config(&format!("consume-{}", self.aggregator.role()));
+        c.set("group.id", self.group())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                self.cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.cfg.session_timeout.as_millis() / 4)
+                    .max(100)
+                    .to_string(),
+            )
+            .set("fetch.wait.max.ms", "100")
+            // librdkafka waits a whole second (its default) before fetching
+            // again once its local queue is full; a member that drains that
+            // queue in milliseconds then sits idle. 20 ms nearly doubled a
+            // member's rate in bench/consume-health.
+            .set("fetch.queue.backoff.ms", "20");
+        self.kafka.apply_overrides(&mut c);
+        c.create_with_context(GroupContext::default())
+    }
+
+    /// Runs until `shutdown` fires, then finishes the current batch (within
+    /// the drain deadline), commits and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RuntimeError> {
+        let this = Arc::new(self);
+        let consumer = this.consumer()?;
+        consumer.subscribe(&[this.topic()])?;
+        info!(group = %this.group(), topic = %this.topic(), "consumer started");
+        let mut owned: HashMap<i32, PartitionState> = HashMap::new();
+        let mut report = RunReport::default();
+        let mut progress = Progress::new();
+        // The batch being applied while the next one is collected: fetching
+        // and decoding overlap the PostgreSQL transaction. Applies stay
+        // strictly one after the other.
+        let mut inflight: Option<tokio::task::JoinHandle<AppliedBatch<A::Event>>> = None;
+
+        'outer: while !shutdown.is_cancelled() {
+            let mut batch: Batch<A::Event> = Batch::new();
+            // Wait for the first record of a batch as long as it takes (or,
+            // with a batch in flight, until it is done).
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'outer,
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    this.finish(&consumer, &mut owned, &mut report, done);
+                    progress.on_commit(this.group(), &mut report);
+                    continue;
+                }
+                m = consumer.recv() => m,
+            };
+            progress.on_batch_start();
+            this.take(&consumer, first, &mut owned, &mut batch, &mut report)
+                .await;
+            let deadline = tokio::time::Instant::now() + this.cfg.batch_max_wait;
+            while !batch.is_full(this.cfg.batch_max_records) && !shutdown.is_cancelled() {
+                let m = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    m = consumer.recv() => m,
+                };
+                this.take(&consumer, m, &mut owned, &mut batch, &mut report)
+                    .await;
+            }
+            this.forget_revoked(&consumer, &mut owned, &mut batch);
+            if let Ok(assigned) = consumer.assignment() {
+                metrics::gauge!("weir_consumer_partitions_owned", "group" => this.group().to_string())
+                    .set(assigned.count() as f64);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            this.decode_batch(&mut batch).await;
+            // The previous batch must be committed before this one is
+            // applied: its offsets are this batch's fence.
+            if let Some(h) = inflight.take() {
+                let done = h.await;
+                this.finish(&consumer, &mut owned, &mut report, done);
+                progress.on_commit(this.group(), &mut report);
+                // It may have been abandoned: then this batch's view of those
+                // partitions is stale too and its fence will fail.
+            }
+            // Optimistically, this batch's offsets are the next fence.
+            for (p, (_, next)) in &batch.ranges {
+                if let Some(s) = owned.get_mut(p) {
+                    s.stored = Some(*next);
+                }
+            }
+            let stopping = shutdown.is_cancelled();
+            let task = {
+                let (this, shutdown) = (this.clone(), shutdown.clone());
+                tokio::spawn(async move { this.apply_batch(batch, shutdown, stopping).await })
+            };
+            inflight = Some(task);
+        }
+        if let Some(h) = inflight.take() {
+            let done = h.await;
+            this.finish(&consumer, &mut owned, &mut report, done);
+            progress.on_commit(this.group(), &mut report);
+        }
+        info!(group = %this.group(), applied = report.applied, dead_lettered = report.dead_lettered,
+              skipped = report.skipped, batches = report.batches, "consumer stopping");
+        consumer.unsubscribe();
+        drop(consumer);
+        Ok(report)
+    }
+
+    /// Takes a batch back from the applying task: on commit, tells Kafka
+    /// (best effort) and counts; otherwise forgets the batch's partitions so
+    /// that their next records reload the stored offsets and seek.
+    fn finish(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        owned: &mut HashMap<i32, PartitionState>,
+        report: &mut RunReport,
+        done: Result<AppliedBatch<A::Event>, tokio::task::JoinError>,
+    ) {
+        let done = match done {
+            Ok(d) => d,
+            // A panic while applying: crash, before anything else is stored.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        report.store_errors += done.store_errors;
+        let batch = done.batch;
+        match done.outcome {
+            Applied::Committed => {
+                let mut tpl = TopicPartitionList::new();
+                for (p, (_, next)) in &batch.ranges {
+                    let _ = tpl.add_partition_offset(self.topic(), *p, Offset::Offset(*next));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    debug!(error = %e, "async commit to Kafka failed (PostgreSQL holds the truth)");
+                }
+                report.applied += batch.records.len() as u64;
+                report.dead_lettered += batch.dead.len() as u64;
+                report.batches += 1;
+                let g = self.group().to_string();
+                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "applied").increment(batch.records.len() as u64);
+                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "dead_lettered").increment(batch.dead.len() as u64);
+                metrics::counter!("weir_consumer_batches_total", "group" => g.clone()).increment(1);
+                metrics::histogram!("weir_consumer_batch_seconds", "group" => g)
+                    .record(done.seconds);
+            }
+            Applied::Fenced(p) => {
+                warn!(
+                    partition = p,
+                    "offset fence failed: partition owned elsewhere; batch abandoned"
+                );
+                report.fenced += 1;
+                metrics::counter!("weir_consumer_fenced_batches_total", "group" => self.group().to_string()).increment(1);
+                for p in batch.ranges.keys() {
+                    owned.remove(p);
+                }
+            }
+            Applied::Abandoned => {
+                for p in batch.ranges.keys() {
+                    owned.remove(p);
+                }
+            }
+        }
+    }
+
+    /// Drops the state of revoked partitions and their part of the batch:
+    /// the new owner will read them from the stored offsets.
+    fn forget_revoked(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        owned: &mut HashMap<i32, PartitionState>,
+        batch: &mut Batch<A::Event>,
+    ) {
+        let revoked = consumer.context().take_revoked();
+        for p in revoked {
+            owned.remove(&p);
+            if batch.ranges.contains_key(&p) {
+                info!(
+                    partition = p,
+                    "abandoning revoked partition's part of the batch"
+                );
+            }
+            batch.drop_partition(p);
+        }
+    }
+
+    /// Places one received record into the batch (or the dead letters), or
+    /// skips it / seeks, according to the stored offsets.
+    async fn take(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        msg: Result<BorrowedMessage<'_>, KafkaError>,
+        owned: &mut HashMap<i32, PartitionState>,
+        batch: &mut Batch<A::Event>,
+        report: &mut RunReport,
+    ) {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+        };
+        // A revocation may have happened inside this `recv`: apply it first
+        // so that a record of a partition we just lost is not batched.
+        self.forget_revoked(consumer, owned, batch);
+        let (p, o) = (msg.partition(), msg.offset());
+        let state = match owned.get(&p) {
+            Some(s) => *s,
+            None => match self.offsets.load(&self.pool, p).await {
+                Ok(stored) => {
+                    let s = PartitionState::new(stored, o);
+                    owned.insert(p, s);
+                    s
+                }
+                Err(e) => {
+                    // Cannot know where to start: rewind to this record and
+                    // try again after a pause.
+                    warn!(partition = p, error = %e, "cannot read stored offset; retrying");
+                    report.store_errors += 1;
+                    metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => "postgres").increment(1);
+                    self.seek(consumer, p, o);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return;
+                }
+            },
+        };
+        match place(&state, o) {
+            Placement::Skip => {
+                report.skipped += 1;
+                metrics::counter!("weir_consumer_records_total", "group" => self.group().to_string(), "outcome" => "skipped").increment(1);
+                return;
+            }
+            Placement::Seek { to } => {
+                if o < to {
+                    report.skipped += 1;
+                    metrics::counter!("weir_consumer_records_total", "group" => self.group().to_string(), "outcome" => "skipped").increment(1);
+                }
+                debug!(partition = p, offset = o, to, "seeking to stored offset");
+                self.seek(consumer, p, to);
+                if let Some(s) = owned.get_mut(&p) {
+                    s.seeked = true;
+                }
+                return;
+            }
+            Placement::Gap { missing } => {
+                warn!(partition = p, expected = state.next, got = o,
+                      "records between the stored offset and the first available one are gone (retention); continuing");
+                metrics::counter!("weir_consumer_gap_records_total", "group" => self.group().to_string())
+                    .increment(missing);
+            }
+            Placement::Take => {}
+        }
+        batch.push(
+            state.stored,
+            RawRecord {
+                partition: p,
+                offset: o,
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                timestamp: msg.timestamp().to_millis(),
+            },
+        );
+        if let Some(s) = owned.get_mut(&p) {
+            s.next = o + 1;
+        }
+    }
+
+    /// Decodes the batch's raw records, splitting a large batch across two
+    /// threads.
+    async fn decode_batch(&self, batch: &mut Batch<A::Event>) {
+        let raw = std::mem::take(&mut batch.raw);
+        let (records, dead) = decode_parallel::<A::Event>(raw, self.cfg.dlq_max_payload).await;
+        batch.records = records;
+        batch.dead = dead;
+    }
+
+    fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) {
+        if let Err(e) = consumer.seek(
+            self.topic(),
+            p,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            warn!(partition = p, offset, error = %e, "seek failed");
+        }
+    }
+
+    /// Applies a batch (dead letters, then one transaction with its offsets)
+    /// retrying while a store is down, then publishes its effects outside
+    /// PostgreSQL. Runs in its own task, overlapping the next batch's fetch.
+    async fn apply_batch(
+        &self,
+        mut batch: Batch<A::Event>,
+        shutdown: CancellationToken,
+        stopping: bool,
+    ) -> AppliedBatch<A::Event> {
+        let started = Instant::now();
+        let mut store_errors = 0u64;
+        let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
+        let give_up_at = stopping.then(|| Instant::now() + self.cfg.drain_timeout);
+        let outcome = loop {
+            match self.try_apply(&mut batch).await {
+                Ok(ApplyOutcome::Committed) => break Applied::Committed,
+                Ok(ApplyOutcome::Fenced(p)) => break Applied::Fenced(p),
+                Err(e) => {
+                    store_errors += 1;
+                    metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => e.store()).increment(1);
+                    let deadline_passed = give_up_at.is_some_and(|t| Instant::now() >= t);
+                    if deadline_passed || (shutdown.is_cancelled() && !stopping) {
+                        warn!(error = %e, "store unavailable at shutdown; batch left uncommitted for the next owner");
+                        break Applied::Abandoned;
+                    }
+                    let pause = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?pause, records = batch.len(), "batch not committed; pausing");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if matches!(outcome, Applied::Committed) {
+            // Effects outside PostgreSQL, retried until they land (or shutdown).
+            let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
+            while let Err(e) = self.aggregator.publish(&batch.records).await {
+                store_errors += 1;
+                metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => e.store()).increment(1);
+                if shutdown.is_cancelled() {
+                    warn!(error = %e, "live state not published at shutdown; the next reports will refresh it");
+                    break;
+                }
+                let pause = backoff.next_delay();
+                warn!(error = %e, retry_in = ?pause, "publishing live state failed; pausing");
+                tokio::time::sleep(pause).await;
+            }
+        }
+        AppliedBatch {
+            batch,
+            outcome,
+            store_errors,
+            seconds,
+        }
+    }
+
+    async fn try_apply(&self, batch: &mut Batch<A::Event>) -> Result<ApplyOutcome, StoreError> {
+        if !batch.dead.is_empty() && !batch.dead_sent {
+            self.dead_letters.send(&batch.dead).await?;
+            batch.dead_sent = true;
+        }
+        let mut tx = self.pool.begin().await?;
+        if !batch.records.is_empty() {
+            self.aggregator.apply(&mut tx, &batch.records).await?;
+        }
+        for (p, (stored, next)) in &batch.ranges {
+            if !self.offsets.advance(&mut tx, *p, *stored, *next).await? {
+                tx.rollback().await?;
+                return Ok(ApplyOutcome::Fenced(*p));
+            }
+        }
+        tx.commit().await?;
+        Ok(ApplyOutcome::Committed)
+    }
+}
