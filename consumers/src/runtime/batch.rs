@@ -140,3 +140,62 @@ impl<E> Batch<E> {
         self.ranges.remove(&p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use weir_schemas::AccessEvent;
+
+    fn raw(partition: i32, offset: i64, payload: &[u8]) -> RawRecord {
+        RawRecord {
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload.to_vec()),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn ranges_run_from_the_stored_offset_to_the_last_record_plus_one() {
+        let mut b: Batch<AccessEvent> = Batch::new();
+        assert!(b.is_empty());
+        b.push(Some(10), raw(0, 10, b"x"));
+        b.push(Some(10), raw(0, 11, b"x"));
+        b.push(None, raw(1, 5, b"x"));
+        assert_eq!(b.ranges[&0], (Some(10), 12));
+        assert_eq!(b.ranges[&1], (None, 6));
+        assert_eq!(b.len(), 3);
+        b.drop_partition(0);
+        assert_eq!((b.len(), b.ranges.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_record_bound() {
+        let mut b: Batch<AccessEvent> = Batch::new();
+        for o in 0..3 {
+            assert!(!b.is_full(3));
+            b.push(None, raw(0, o, b"x"));
+        }
+        assert!(b.is_full(3));
+    }
+
+    #[test]
+    fn undecodable_records_become_truncated_dead_letters_in_order() {
+        let good =
+            weir_schemas::encode(&AccessEvent::example("n1", 1, Utc::now())).expect("encodes");
+        let junk = vec![b'{'; 100];
+        let (records, dead) = decode_all::<AccessEvent>(
+            vec![raw(0, 0, &good), raw(0, 1, &junk), raw(0, 2, &good)],
+            10,
+        );
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].offset, dead[0].payload.len(), dead[0].original_size),
+            (1, 10, 100)
+        );
+        assert_eq!(dead[0].error.reason(), "not_json");
+    }
+}

@@ -133,3 +133,94 @@ impl OffsetStore {
         Ok(rows == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(stored: Option<i64>, next: i64, seeked: bool) -> PartitionState {
+        PartitionState {
+            stored,
+            next,
+            seeked,
+        }
+    }
+
+    #[test]
+    fn where_a_record_falls_against_the_stored_offset() {
+        use Placement::*;
+        // (state, offset received, expected placement, why)
+        let table: [(PartitionState, i64, Placement, &str); 10] = [
+            (
+                st(Some(10), 10, false),
+                10,
+                Take,
+                "the stored offset itself",
+            ),
+            (
+                st(None, 0, false),
+                0,
+                Take,
+                "never stored: the first record",
+            ),
+            (
+                st(Some(10), 12, false),
+                12,
+                Take,
+                "the next after batched ones",
+            ),
+            (
+                st(Some(10), 12, false),
+                11,
+                Skip,
+                "already batched, not behind stored",
+            ),
+            (
+                st(Some(10), 10, false),
+                3,
+                Seek { to: 10 },
+                "Kafka's committed offset lags the stored one",
+            ),
+            (
+                st(Some(10), 10, true),
+                3,
+                Skip,
+                "behind stored after a seek: stale fetch, drop",
+            ),
+            (
+                st(Some(10), 10, false),
+                15,
+                Seek { to: 10 },
+                "Kafka delivered past the stored offset",
+            ),
+            (
+                st(Some(10), 10, true),
+                15,
+                Gap { missing: 5 },
+                "past it again after seeking: retention gap",
+            ),
+            (
+                st(None, 4, false),
+                7,
+                Seek { to: 4 },
+                "never stored, ahead of the first seen",
+            ),
+            (
+                st(None, 4, true),
+                7,
+                Gap { missing: 3 },
+                "never stored, still ahead after seeking",
+            ),
+        ];
+        for (state, offset, want, why) in table {
+            assert_eq!(place(&state, offset), want, "{why}: {state:?} at {offset}");
+        }
+    }
+
+    #[test]
+    fn a_new_partition_starts_at_the_stored_offset_or_the_first_record() {
+        assert_eq!(PartitionState::new(Some(42), 7).next, 42);
+        assert_eq!(PartitionState::new(None, 7).next, 7);
+        assert!(!PartitionState::new(Some(42), 7).seeked);
+    }
+}

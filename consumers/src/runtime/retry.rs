@@ -28,3 +28,22 @@ impl Backoff {
         d
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_100ms_up_to_the_maximum() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let got: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 500, 500]);
+    }
+
+    #[test]
+    fn a_maximum_below_the_first_pause_caps_it() {
+        let mut b = Backoff::new(Duration::from_millis(30));
+        assert_eq!(b.next_delay(), Duration::from_millis(30));
+        assert_eq!(b.next_delay(), Duration::from_millis(30));
+    }
+}
