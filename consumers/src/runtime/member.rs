@@ -102,33 +102,89 @@ pub struct GroupRuntime<A: Aggregator> {
     dead_letters: DeadLetters,
 }
 
-impl<A: Aggregator> GroupRuntime<A> {
-    /// Wires a member; nothing connects until `run`.
-    pub fn new(
-        cfg: ConsumerConfig,
-        kafka: KafkaConfig,
-        topic: String,
-        dlq_topic: String,
-        pool: PgPool,
-        aggregator: Arc<A>,
-        dlq: EventProducer,
-    ) -> Self {
-        let group = cfg.group_for(aggregator.role());
-        GroupRuntime {
-            cfg,
-            kafka,
-            pool,
-            aggregator,
+/// Builds a [`GroupRuntime`]: the aggregator, its topic and the database
+/// are required; everything else has a default (the default
+/// [`ConsumerConfig`] and [`KafkaConfig`], the `weir.dlq.v1` topic, a
+/// dead-letter producer of its own).
+pub struct GroupRuntimeBuilder<A: Aggregator> {
+    aggregator: Arc<A>,
+    topic: String,
+    pool: PgPool,
+    cfg: ConsumerConfig,
+    kafka: KafkaConfig,
+    dlq_topic: String,
+    dlq: Option<EventProducer>,
+}
+
+impl<A: Aggregator> GroupRuntimeBuilder<A> {
+    /// The member's settings.
+    pub fn config(mut self, cfg: ConsumerConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// The Kafka cluster.
+    pub fn kafka(mut self, kafka: KafkaConfig) -> Self {
+        self.kafka = kafka;
+        self
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dlq_topic = topic.into();
+        self
+    }
+
+    /// A producer for dead letters shared with the caller (who may flush it
+    /// later); without it the runtime creates its own.
+    pub fn dead_letter_producer(mut self, producer: EventProducer) -> Self {
+        self.dlq = Some(producer);
+        self
+    }
+
+    /// Wires the member; nothing connects until `run`.
+    pub fn build(self) -> Result<GroupRuntime<A>, RuntimeError> {
+        let producer = match self.dlq {
+            Some(p) => p,
+            None => EventProducer::new(&self.kafka, "dlq")?,
+        };
+        let group = self.cfg.group_for(self.aggregator.role());
+        Ok(GroupRuntime {
+            cfg: self.cfg,
+            kafka: self.kafka,
+            pool: self.pool,
+            aggregator: self.aggregator,
             offsets: OffsetStore {
                 group: group.clone(),
-                topic: topic.clone(),
+                topic: self.topic.clone(),
             },
             dead_letters: DeadLetters {
-                producer: dlq,
-                topic: dlq_topic,
-                source_topic: topic,
+                producer,
+                topic: self.dlq_topic,
+                source_topic: self.topic,
                 group,
             },
+        })
+    }
+}
+
+impl<A: Aggregator> GroupRuntime<A> {
+    /// Starts building a member that runs `aggregator` on `topic`, storing
+    /// effects and offsets in `pool`'s database (migrated with
+    /// [`crate::migrations::runtime`] and the aggregator's own migrations).
+    pub fn builder(
+        aggregator: A,
+        topic: impl Into<String>,
+        pool: PgPool,
+    ) -> GroupRuntimeBuilder<A> {
+        GroupRuntimeBuilder {
+            aggregator: Arc::new(aggregator),
+            topic: topic.into(),
+            pool,
+            cfg: ConsumerConfig::default(),
+            kafka: KafkaConfig::default(),
+            dlq_topic: weir_schemas::topics::DLQ.to_string(),
+            dlq: None,
         }
     }
 
@@ -254,6 +310,11 @@ impl<A: Aggregator> GroupRuntime<A> {
               skipped = report.skipped, batches = report.batches, "consumer stopping");
         consumer.unsubscribe();
         drop(consumer);
+        // Dead letters are awaited before their offsets are stored; this
+        // only hands back the producer's resources within the deadline.
+        let dlq = this.dead_letters.producer.clone();
+        let deadline = this.cfg.drain_timeout;
+        let _ = tokio::task::spawn_blocking(move || dlq.flush(deadline)).await;
         Ok(report)
     }
 

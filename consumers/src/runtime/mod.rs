@@ -38,7 +38,7 @@ pub mod retry;
 
 pub use config::ConsumerConfig;
 pub use dead_letters::header_text;
-pub use member::GroupRuntime;
+pub use member::{GroupRuntime, GroupRuntimeBuilder};
 
 /// A decoded record with its coordinates.
 #[derive(Debug, Clone)]
@@ -51,7 +51,66 @@ pub struct Record<E> {
     pub event: E,
 }
 
-/// A store failed; the batch will be retried.
+/// Whether a store's failure is the record's fault or the store's. Decided
+/// from the error's code or kind, never from its message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// The store rejected what it was given (PostgreSQL SQLSTATE class 22
+    /// data exception, 23 integrity, 54 program limit; a Redis error reply):
+    /// retrying cannot help. The runtime isolates the record and
+    /// dead-letters it.
+    Poison,
+    /// The store is unreachable, timed out, overloaded or shutting down
+    /// (connection errors, pool timeouts, classes 08, 53, 57, and anything
+    /// not known to be poison): the runtime pauses and retries.
+    Unavailable,
+}
+
+impl FailureClass {
+    /// The class of a PostgreSQL SQLSTATE (`22P05`, `08006`, …).
+    pub fn of_sqlstate(code: &str) -> FailureClass {
+        match code.get(..2) {
+            Some("22" | "23" | "54") => FailureClass::Poison,
+            _ => FailureClass::Unavailable,
+        }
+    }
+
+    /// The class of a sqlx error.
+    pub fn of_postgres(e: &sqlx::Error) -> FailureClass {
+        match e {
+            sqlx::Error::Database(db) => db
+                .code()
+                .map_or(FailureClass::Unavailable, |c| Self::of_sqlstate(&c)),
+            // A value the driver could not encode is the record's.
+            sqlx::Error::Encode(_) => FailureClass::Poison,
+            _ => FailureClass::Unavailable,
+        }
+    }
+
+    /// The class of a Redis error: an error reply about a command's data is
+    /// poison; I/O, timeouts, loading, read-only replicas, out of memory
+    /// and cluster states are the store's.
+    pub fn of_redis(e: &redis::RedisError) -> FailureClass {
+        use redis::ErrorKind::*;
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            return FailureClass::Unavailable;
+        }
+        match e.kind() {
+            ResponseError | ExecAbortError => FailureClass::Poison,
+            ExtensionError => match e.code() {
+                Some("OOM" | "MISCONF" | "BUSY" | "NOREPLICAS" | "NOAUTH" | "NOPERM") => {
+                    FailureClass::Unavailable
+                }
+                _ => FailureClass::Poison,
+            },
+            _ => FailureClass::Unavailable,
+        }
+    }
+}
+
+/// A store failed: either the store is unavailable (the batch is retried)
+/// or it rejected a record (the record is isolated and dead-lettered); see
+/// [`StoreError::class`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// PostgreSQL failed.
@@ -63,15 +122,61 @@ pub enum StoreError {
     /// The dead-letter topic could not take a record.
     #[error("dead-letter topic: {0}")]
     DeadLetter(#[from] weir_producers::ProduceError),
+    /// Another store, of an aggregator written outside this crate (an HTTP
+    /// API, an object store, another database), which says itself whether
+    /// the failure is the record's or the store's.
+    #[error("{store}: {source}")]
+    Other {
+        /// Short name of the store, for logs and metric labels.
+        store: &'static str,
+        /// Poison or unavailable.
+        class: FailureClass,
+        /// The store's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StoreError {
+    /// Wraps another store's failure.
+    pub fn other(
+        store: &'static str,
+        class: FailureClass,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Other {
+            store,
+            class,
+            source: source.into(),
+        }
+    }
+
     /// Short name of the failed store, for logs and metric labels.
     pub fn store(&self) -> &'static str {
         match self {
             StoreError::Postgres(_) => "postgres",
             StoreError::Redis(_) => "redis",
             StoreError::DeadLetter(_) => "kafka",
+            StoreError::Other { store, .. } => store,
+        }
+    }
+
+    /// Whether the record is at fault (poison) or the store (unavailable).
+    /// The dead-letter topic failing is always the store's.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            StoreError::Postgres(e) => FailureClass::of_postgres(e),
+            StoreError::Redis(e) => FailureClass::of_redis(e),
+            StoreError::DeadLetter(_) => FailureClass::Unavailable,
+            StoreError::Other { class, .. } => *class,
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE, when PostgreSQL answered with one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Postgres(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
         }
     }
 }
@@ -94,11 +199,15 @@ pub trait Aggregator: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
 
     /// Effects outside PostgreSQL (Redis), run after the transaction
-    /// committed and retried until they succeed; must be idempotent.
+    /// committed and retried until they succeed; must be idempotent. By
+    /// default there are none.
     fn publish<'a>(
         &'a self,
         batch: &'a [Record<Self::Event>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        let _ = batch;
+        async { Ok(()) }
+    }
 }
 
 /// Why the runtime stopped with an error.
@@ -110,6 +219,9 @@ pub enum RuntimeError {
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The dead-letter producer could not be created.
+    #[error("dead-letter producer: {0}")]
+    Producer(#[from] weir_producers::ProduceError),
 }
 
 /// Totals of one run, reported at shutdown.
