@@ -133,6 +133,22 @@ impl<E> Batch<E> {
         self.raw.push(raw);
     }
 
+    /// The batch's partitions and offset ranges, for its tracing span
+    /// (`0:[10..20) 3:[7..9)`; `-` where no offset was stored yet).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (p, (stored, next)) in &self.ranges {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            match stored {
+                Some(s) => out.push_str(&format!("{p}:[{s}..{next})")),
+                None => out.push_str(&format!("{p}:[-..{next})")),
+            }
+        }
+        out
+    }
+
     pub fn drop_partition(&mut self, p: i32) {
         self.raw.retain(|r| r.partition != p);
         self.records.retain(|r| r.partition != p);

@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use tracing::{debug, warn};
+use tracing::debug;
 use weir_producers::EventProducer;
 use weir_schemas::topics::dlq_headers;
 
@@ -26,8 +26,6 @@ impl DeadLetters {
         let now = Utc::now().to_rfc3339();
         let mut pending = Vec::with_capacity(dead.len());
         for d in dead {
-            warn!(partition = d.partition, offset = d.offset, reason = d.error.reason(), error = %d.error,
-                  "record dead-lettered");
             let mut headers = OwnedHeaders::new();
             for (k, v) in [
                 (dlq_headers::REASON, d.error.reason().to_string()),

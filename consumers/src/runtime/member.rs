@@ -12,15 +12,20 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, Instrument};
+use weir_core::{InternalEvent, InternalEventHandle};
 use weir_producers::{EventProducer, KafkaConfig};
 
 use super::batch::{decode_parallel, Batch, RawRecord};
 use super::dead_letters::DeadLetters;
+use super::events::{
+    CommittedBatch, ConsumeFailed, Gap, MemberEvents, MemberStarted, RecordDeadLettered,
+    SeekFailed, StoreFailure,
+};
 use super::offsets::{place, OffsetStore, PartitionState, Placement};
 use super::rebalance::GroupContext;
 use super::retry::Backoff;
-use super::{Aggregator, ConsumerConfig, RunReport, RuntimeError, StoreError};
+use super::{Aggregator, ConsumerConfig, FailureClass, RunReport, RuntimeError, StoreError};
 
 /// Logs progress every few seconds while records flow, so an operator
 /// watching a backlog drain sees its rate.
@@ -100,6 +105,7 @@ pub struct GroupRuntime<A: Aggregator> {
     aggregator: Arc<A>,
     offsets: OffsetStore,
     dead_letters: DeadLetters,
+    events: MemberEvents,
 }
 
 /// Builds a [`GroupRuntime`]: the aggregator, its topic and the database
@@ -150,6 +156,7 @@ impl<A: Aggregator> GroupRuntimeBuilder<A> {
         };
         let group = self.cfg.group_for(self.aggregator.role());
         Ok(GroupRuntime {
+            events: MemberEvents::register(&group),
             cfg: self.cfg,
             kafka: self.kafka,
             pool: self.pool,
@@ -229,10 +236,22 @@ impl<A: Aggregator> GroupRuntime<A> {
     /// Runs until `shutdown` fires, then finishes the current batch (within
     /// the drain deadline), commits and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RuntimeError> {
-        let this = Arc::new(self);
+        let span = info_span!("member", group = %self.group(), topic = %self.topic());
+        Arc::new(self).run_member(shutdown).instrument(span).await
+    }
+
+    async fn run_member(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, RuntimeError> {
+        let this = self;
         let consumer = this.consumer()?;
         consumer.subscribe(&[this.topic()])?;
-        info!(group = %this.group(), topic = %this.topic(), "consumer started");
+        MemberStarted {
+            group: this.group(),
+            topic: this.topic(),
+        }
+        .emit();
         let mut owned: HashMap<i32, PartitionState> = HashMap::new();
         let mut report = RunReport::default();
         let mut progress = Progress::new();
@@ -272,8 +291,7 @@ impl<A: Aggregator> GroupRuntime<A> {
             }
             this.forget_revoked(&consumer, &mut owned, &mut batch);
             if let Ok(assigned) = consumer.assignment() {
-                metrics::gauge!("weir_consumer_partitions_owned", "group" => this.group().to_string())
-                    .set(assigned.count() as f64);
+                this.events.owned.emit(assigned.count());
             }
             if batch.is_empty() {
                 continue;
@@ -295,9 +313,13 @@ impl<A: Aggregator> GroupRuntime<A> {
                 }
             }
             let stopping = shutdown.is_cancelled();
+            let span = info_span!("batch", partitions = %batch.describe(), records = batch.len());
             let task = {
                 let (this, shutdown) = (this.clone(), shutdown.clone());
-                tokio::spawn(async move { this.apply_batch(batch, shutdown, stopping).await })
+                tokio::spawn(
+                    async move { this.apply_batch(batch, shutdown, stopping).await }
+                        .instrument(span),
+                )
             };
             inflight = Some(task);
         }
@@ -347,20 +369,25 @@ impl<A: Aggregator> GroupRuntime<A> {
                 report.applied += batch.records.len() as u64;
                 report.dead_lettered += batch.dead.len() as u64;
                 report.batches += 1;
-                let g = self.group().to_string();
-                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "applied").increment(batch.records.len() as u64);
-                metrics::counter!("weir_consumer_records_total", "group" => g.clone(), "outcome" => "dead_lettered").increment(batch.dead.len() as u64);
-                metrics::counter!("weir_consumer_batches_total", "group" => g.clone()).increment(1);
-                metrics::histogram!("weir_consumer_batch_seconds", "group" => g)
-                    .record(done.seconds);
+                for d in &batch.dead {
+                    RecordDeadLettered {
+                        group: self.group(),
+                        partition: d.partition,
+                        offset: d.offset,
+                        reason: d.error.reason(),
+                        detail: &d.error.to_string(),
+                    }
+                    .emit();
+                }
+                self.events.committed.emit(CommittedBatch {
+                    records: batch.records.len(),
+                    dead_lettered: batch.dead.len(),
+                    seconds: done.seconds,
+                });
             }
             Applied::Fenced(p) => {
-                warn!(
-                    partition = p,
-                    "offset fence failed: partition owned elsewhere; batch abandoned"
-                );
                 report.fenced += 1;
-                metrics::counter!("weir_consumer_fenced_batches_total", "group" => self.group().to_string()).increment(1);
+                self.events.fenced.emit(p);
                 for p in batch.ranges.keys() {
                     owned.remove(p);
                 }
@@ -407,7 +434,11 @@ impl<A: Aggregator> GroupRuntime<A> {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                warn!(error = %e, "kafka consumer error");
+                ConsumeFailed {
+                    group: self.group(),
+                    error: &e.to_string(),
+                }
+                .emit();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return;
             }
@@ -427,9 +458,18 @@ impl<A: Aggregator> GroupRuntime<A> {
                 Err(e) => {
                     // Cannot know where to start: rewind to this record and
                     // try again after a pause.
-                    warn!(partition = p, error = %e, "cannot read stored offset; retrying");
                     report.store_errors += 1;
-                    metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => "postgres").increment(1);
+                    self.events.store.emit(StoreFailure {
+                        store: "postgres",
+                        class: FailureClass::of_postgres(&e),
+                        error: e.to_string(),
+                        action: "cannot read stored offset; retrying",
+                        retry_in: Some(Duration::from_millis(500)),
+                    });
+                    debug!(
+                        partition = p,
+                        "rewinding to the record whose offset could not be placed"
+                    );
                     self.seek(consumer, p, o);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     return;
@@ -439,13 +479,13 @@ impl<A: Aggregator> GroupRuntime<A> {
         match place(&state, o) {
             Placement::Skip => {
                 report.skipped += 1;
-                metrics::counter!("weir_consumer_records_total", "group" => self.group().to_string(), "outcome" => "skipped").increment(1);
+                self.events.skipped.emit((p, o));
                 return;
             }
             Placement::Seek { to } => {
                 if o < to {
                     report.skipped += 1;
-                    metrics::counter!("weir_consumer_records_total", "group" => self.group().to_string(), "outcome" => "skipped").increment(1);
+                    self.events.skipped.emit((p, o));
                 }
                 debug!(partition = p, offset = o, to, "seeking to stored offset");
                 self.seek(consumer, p, to);
@@ -454,12 +494,11 @@ impl<A: Aggregator> GroupRuntime<A> {
                 }
                 return;
             }
-            Placement::Gap { missing } => {
-                warn!(partition = p, expected = state.next, got = o,
-                      "records between the stored offset and the first available one are gone (retention); continuing");
-                metrics::counter!("weir_consumer_gap_records_total", "group" => self.group().to_string())
-                    .increment(missing);
-            }
+            Placement::Gap { .. } => self.events.gap.emit(Gap {
+                partition: p,
+                expected: state.next,
+                got: o,
+            }),
             Placement::Take => {}
         }
         batch.push(
@@ -493,7 +532,13 @@ impl<A: Aggregator> GroupRuntime<A> {
             Offset::Offset(offset),
             Duration::from_secs(5),
         ) {
-            warn!(partition = p, offset, error = %e, "seek failed");
+            SeekFailed {
+                group: self.group(),
+                partition: p,
+                offset,
+                error: &e.to_string(),
+            }
+            .emit();
         }
     }
 
@@ -516,14 +561,13 @@ impl<A: Aggregator> GroupRuntime<A> {
                 Ok(ApplyOutcome::Fenced(p)) => break Applied::Fenced(p),
                 Err(e) => {
                     store_errors += 1;
-                    metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => e.store()).increment(1);
                     let deadline_passed = give_up_at.is_some_and(|t| Instant::now() >= t);
                     if deadline_passed || (shutdown.is_cancelled() && !stopping) {
-                        warn!(error = %e, "store unavailable at shutdown; batch left uncommitted for the next owner");
+                        self.store_failed(&e, "store unavailable at shutdown; batch left uncommitted for the next owner", None);
                         break Applied::Abandoned;
                     }
                     let pause = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?pause, records = batch.len(), "batch not committed; pausing");
+                    self.store_failed(&e, "batch not committed; pausing", Some(pause));
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -534,13 +578,16 @@ impl<A: Aggregator> GroupRuntime<A> {
             let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
             while let Err(e) = self.aggregator.publish(&batch.records).await {
                 store_errors += 1;
-                metrics::counter!("weir_consumer_store_errors_total", "group" => self.group().to_string(), "store" => e.store()).increment(1);
                 if shutdown.is_cancelled() {
-                    warn!(error = %e, "live state not published at shutdown; the next reports will refresh it");
+                    self.store_failed(
+                        &e,
+                        "live state not published at shutdown; the next reports will refresh it",
+                        None,
+                    );
                     break;
                 }
                 let pause = backoff.next_delay();
-                warn!(error = %e, retry_in = ?pause, "publishing live state failed; pausing");
+                self.store_failed(&e, "publishing live state failed; pausing", Some(pause));
                 tokio::time::sleep(pause).await;
             }
         }
@@ -550,6 +597,16 @@ impl<A: Aggregator> GroupRuntime<A> {
             store_errors,
             seconds,
         }
+    }
+
+    fn store_failed(&self, e: &StoreError, action: &'static str, retry_in: Option<Duration>) {
+        self.events.store.emit(StoreFailure {
+            store: e.store(),
+            class: e.class(),
+            error: e.to_string(),
+            action,
+            retry_in,
+        });
     }
 
     async fn try_apply(&self, batch: &mut Batch<A::Event>) -> Result<ApplyOutcome, StoreError> {

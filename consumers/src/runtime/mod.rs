@@ -20,7 +20,8 @@
 //! Where things are: [`config`] (settings and their checks), [`batch`] (what
 //! a batch holds and when it is full), [`offsets`] (the fence and where a
 //! record falls against the stored offset), [`dead_letters`], [`retry`],
-//! [`rebalance`] (librdkafka's callbacks), [`member`] (the loop).
+//! [`rebalance`] (librdkafka's callbacks), [`member`] (the loop), `events`
+//! (its internal events: each log line with its metric).
 
 use std::future::Future;
 
@@ -31,6 +32,7 @@ use weir_schemas::Event;
 pub mod batch;
 pub mod config;
 pub mod dead_letters;
+pub(crate) mod events;
 pub mod member;
 pub mod offsets;
 pub mod rebalance;
