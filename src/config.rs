@@ -282,25 +282,7 @@ impl Config {
         self.redis.validate()?;
         self.database.validate()?;
         self.agent.validate()?;
-        if !(1..=1_000_000).contains(&self.consumer.batch_max_records) {
-            return Err(ConfigError::new(
-                "consumer.batch_max_records",
-                "must be between 1 and 1000000",
-            ));
-        }
-        if self.consumer.batch_max_wait > Duration::from_secs(60) {
-            return Err(ConfigError::new(
-                "consumer.batch_max_wait",
-                "must be at most 60s",
-            ));
-        }
-        let st = self.consumer.session_timeout;
-        if st < Duration::from_secs(1) || st > Duration::from_secs(300) {
-            return Err(ConfigError::new(
-                "consumer.session_timeout",
-                "must be between 1s and 5m",
-            ));
-        }
+        self.consumer.validate()?;
         self.center.validate()?;
         self.metrics.validate()?;
         self.validate_edge()?;

@@ -96,15 +96,12 @@ async fn consume<A: Aggregator>(
     let pool = pool(cfg)?;
     migrate(&pool, &shutdown).await?;
     let dlq = EventProducer::new(&cfg.kafka, "dlq").context("creating the dead-letter producer")?;
-    let runtime = GroupRuntime::new(
-        cfg.consumer.clone(),
-        cfg.kafka.clone(),
-        topic.to_string(),
-        cfg.topics.dlq.clone(),
-        pool,
-        Arc::new(aggregator),
-        dlq.clone(),
-    );
+    let runtime = GroupRuntime::builder(aggregator, topic, pool)
+        .config(cfg.consumer.clone())
+        .kafka(cfg.kafka.clone())
+        .dead_letter_topic(&cfg.topics.dlq)
+        .dead_letter_producer(dlq.clone())
+        .build()?;
     let role = runtime.group().to_string();
     let report = runtime
         .run(shutdown)

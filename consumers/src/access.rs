@@ -53,10 +53,12 @@ pub struct Rollup {
 }
 
 impl Rollup {
-    /// Adds one event.
+    /// Adds one event. Sums saturate rather than wrap or panic: the schema
+    /// bounds each value so that a real row never gets near `i64::MAX`, and
+    /// a row that did would rather stick at the maximum than go negative.
     pub fn add(&mut self, ev: &AccessEvent) {
-        self.requests += 1;
-        self.bytes += ev.bytes_sent.min(i64::MAX as u64) as i64;
+        self.requests = self.requests.saturating_add(1);
+        self.bytes = self.bytes.saturating_add(clamp(ev.bytes_sent));
         match ev.cache {
             CacheOutcome::Hit | CacheOutcome::Revalidated => self.hits += 1,
             CacheOutcome::Miss | CacheOutcome::Stream | CacheOutcome::Coalesced => self.misses += 1,
@@ -69,10 +71,14 @@ impl Rollup {
         {
             *slot += 1;
         }
-        let lat = ev.total_latency_us.min(i64::MAX as u64) as i64;
-        self.latency_sum_us += lat;
+        let lat = clamp(ev.total_latency_us);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(lat);
         self.latency_max_us = self.latency_max_us.max(lat);
     }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The minute an event belongs to.
@@ -302,5 +308,19 @@ mod tests {
         assert_eq!((b.stale, b.status), (1, [0, 0, 0, 1]));
         let totals: i64 = r.values().map(|x| x.requests).sum();
         assert_eq!(totals, 5);
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_overflowing() {
+        let huge = [
+            ev("n1", "a", 0, 200, CacheOutcome::Hit, u64::MAX - 1, u64::MAX),
+            ev("n1", "a", 1, 200, CacheOutcome::Hit, 1 << 62, 1 << 62),
+        ];
+        let r = rollup(huge.iter());
+        let row = r.values().next().expect("one row");
+        assert_eq!(
+            (row.requests, row.bytes, row.latency_sum_us),
+            (2, i64::MAX, i64::MAX)
+        );
     }
 }

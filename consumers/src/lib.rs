@@ -10,13 +10,16 @@
 
 pub mod access;
 pub mod health;
+pub mod migrations;
 pub mod runtime;
 
 pub use access::AccessAggregator;
 pub use health::HealthAggregator;
 pub use runtime::{
-    Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport, RuntimeError, StoreError,
+    Aggregator, ConsumerConfig, FailureClass, GroupRuntime, GroupRuntimeBuilder, Record, RunReport,
+    RuntimeError, StoreError,
 };
 
-/// Schema migrations for the tables this crate owns.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// Every schema migration of this crate (runtime, health, access); see
+/// [`migrations`] to run one owner's alone.
+pub static MIGRATOR: migrations::AllMigrations = migrations::AllMigrations;

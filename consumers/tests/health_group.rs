@@ -45,10 +45,10 @@ async fn start_member(topics: &TestTopics, db_url: &str, redis: &TestRedis, grou
         key_prefix: redis.prefix.clone(),
         ..RedisConfig::default()
     };
-    let agg = Arc::new(HealthAggregator::new(
+    let agg = HealthAggregator::new(
         Arc::new(RedisHandle::new(&rcfg).expect("redis")),
         rcfg.keys(),
-    ));
+    );
     let cfg = ConsumerConfig {
         group: group.to_string(),
         batch_max_wait: Duration::from_millis(50),
@@ -57,15 +57,13 @@ async fn start_member(topics: &TestTopics, db_url: &str, redis: &TestRedis, grou
         ..ConsumerConfig::default()
     };
     let dlq = EventProducer::new(&kafka(), "dlq").expect("producer");
-    let rt = GroupRuntime::new(
-        cfg,
-        kafka(),
-        topics.health.clone(),
-        topics.dlq.clone(),
-        pool,
-        agg,
-        dlq,
-    );
+    let rt = GroupRuntime::builder(agg, &topics.health, pool)
+        .config(cfg)
+        .kafka(kafka())
+        .dead_letter_topic(&topics.dlq)
+        .dead_letter_producer(dlq)
+        .build()
+        .expect("runtime");
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move { rt.run(s).await.expect("runtime") });

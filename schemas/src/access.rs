@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_id, Event, Priority};
+use crate::codec::{
+    check_id, check_max, check_text, Event, Priority, MAX_BYTE_COUNT, MAX_ID_BYTES, MAX_LATENCY_US,
+    MAX_OBJECT_KEY_BYTES, MAX_SEQ, MAX_TEXT_BYTES,
+};
 
 /// How the edge answered a request, relative to its caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,15 +86,26 @@ impl Event for AccessEvent {
         if self.seq == 0 {
             return Err("seq starts at 1".into());
         }
+        check_max("seq", self.seq, MAX_SEQ)?;
         if !(100..=599).contains(&self.status) {
             return Err(format!("status {} is not an HTTP status", self.status));
         }
         if self.method.is_empty() || self.method.len() > 16 {
             return Err("method must be 1 to 16 bytes".into());
         }
-        if self.object_key.len() > 4096 {
-            return Err("object_key is longer than 4096 bytes".into());
+        check_text("method", &self.method, 16)?;
+        check_text("request_id", &self.request_id, MAX_ID_BYTES)?;
+        check_text("object_key", &self.object_key, MAX_OBJECT_KEY_BYTES)?;
+        if let Some(range) = &self.range {
+            check_text("range", range, MAX_TEXT_BYTES)?;
         }
+        check_text("client_addr", &self.client_addr, MAX_ID_BYTES)?;
+        check_max("bytes_sent", self.bytes_sent, MAX_BYTE_COUNT)?;
+        if let Some(size) = self.object_size {
+            check_max("object_size", size, MAX_BYTE_COUNT)?;
+        }
+        check_max("origin_latency_us", self.origin_latency_us, MAX_LATENCY_US)?;
+        check_max("total_latency_us", self.total_latency_us, MAX_LATENCY_US)?;
         Ok(())
     }
 }

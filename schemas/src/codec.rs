@@ -12,6 +12,30 @@ use serde::{de::DeserializeOwned, Serialize};
 /// produced by Weir and goes to the dead-letter topic without being parsed.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// Longest identifier (node, source, agent, request), in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// Longest object key, in bytes. The access rollup's primary key (minute,
+/// node, object key) must fit one PostgreSQL btree entry (at most 2 704
+/// bytes): 2 048 + 255 + the timestamp leave room. A longer key would make
+/// the rollup upsert fail ("index row size … exceeds btree … maximum").
+pub const MAX_OBJECT_KEY_BYTES: usize = 2048;
+
+/// Longest free-text field (an endpoint URL, a `Range` header), in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Largest byte count an event may carry (1 TiB): the access rollup sums
+/// them into `bigint`, and 2^63 / 2^40 = 8 million requests of the largest
+/// size in one minute × node × object row still fit.
+pub const MAX_BYTE_COUNT: u64 = 1 << 40;
+
+/// Longest latency an event may carry, in microseconds (7 days); summed
+/// into `bigint` like byte counts.
+pub const MAX_LATENCY_US: u64 = 7 * 86_400 * 1_000_000;
+
+/// Largest sequence number: stored as `bigint`.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// What the rate limiter may do with an event when consumers fall behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
@@ -134,13 +158,35 @@ pub(crate) fn check_id(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{field} must not be empty"));
     }
-    if value.len() > 255 {
-        return Err(format!("{field} is longer than 255 bytes"));
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!("{field} is longer than {MAX_ID_BYTES} bytes"));
     }
     if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!(
             "{field} must not contain whitespace or control characters"
         ));
+    }
+    Ok(())
+}
+
+/// Checks a text field that ends up in SQL rows or JSON documents: bounded,
+/// and without control characters (PostgreSQL `text` and `jsonb` refuse
+/// NUL; the others corrupt logs and terminals).
+pub(crate) fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), String> {
+    if value.len() > max_bytes {
+        return Err(format!("{field} is longer than {max_bytes} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks that a count stays within `max`, so that sums of it cannot
+/// overflow the stores' 64-bit integers.
+pub(crate) fn check_max(field: &str, value: u64, max: u64) -> Result<(), String> {
+    if value > max {
+        return Err(format!("{field} = {value} exceeds {max}"));
     }
     Ok(())
 }

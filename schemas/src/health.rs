@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_id, check_range, Event, Priority};
+use crate::codec::{
+    check_id, check_max, check_range, check_text, Event, Priority, MAX_ID_BYTES, MAX_SEQ,
+    MAX_TEXT_BYTES,
+};
 
 /// A node's live-state key lives this many reporting intervals: one or two
 /// lost reports do not mark a node down, three do. The health group writes
@@ -111,6 +114,10 @@ impl Event for HealthEvent {
         if self.seq == 0 {
             return Err("seq starts at 1".into());
         }
+        check_max("seq", self.seq, MAX_SEQ)?;
+        check_text("service", &self.service, MAX_ID_BYTES)?;
+        check_text("endpoint", &self.endpoint, MAX_TEXT_BYTES)?;
+        check_text("cdn_type", &self.cdn_type, MAX_ID_BYTES)?;
         if self.interval_ms == 0 || self.interval_ms > 3_600_000 {
             return Err(format!(
                 "interval_ms = {} is outside 1..=3600000",
@@ -133,6 +140,21 @@ impl Event for HealthEvent {
         }
         if self.interfaces.len() > 1024 {
             return Err("more than 1024 interfaces".into());
+        }
+        for i in &self.interfaces {
+            check_text("interfaces.name", &i.name, MAX_ID_BYTES)?;
+        }
+        for (field, list) in [
+            ("ips.lan", &self.ips.lan),
+            ("ips.wan", &self.ips.wan),
+            ("ips.device", &self.ips.device),
+        ] {
+            if list.len() > 1024 {
+                return Err(format!("{field} has more than 1024 addresses"));
+            }
+            for ip in list {
+                check_text(field, ip, MAX_ID_BYTES)?;
+            }
         }
         Ok(())
     }

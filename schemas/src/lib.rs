@@ -16,7 +16,10 @@ pub mod lag;
 pub mod topics;
 
 pub use access::{AccessEvent, CacheOutcome};
-pub use codec::{decode, encode, DecodeError, Event, Priority, MAX_EVENT_BYTES};
+pub use codec::{
+    decode, encode, DecodeError, Event, Priority, MAX_BYTE_COUNT, MAX_EVENT_BYTES, MAX_ID_BYTES,
+    MAX_LATENCY_US, MAX_OBJECT_KEY_BYTES, MAX_SEQ, MAX_TEXT_BYTES,
+};
 pub use health::{HealthEvent, InterfaceStats, IpAddresses, LoadAverage};
 pub use keys::RedisKeys;
 pub use lag::{LagSignal, LagStatus};

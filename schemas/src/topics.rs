@@ -7,7 +7,8 @@
 pub const HEALTH: &str = "weir.health.v1";
 /// Access events, one per edge request.
 pub const ACCESS: &str = "weir.access.v1";
-/// Records that could not be decoded or validated, with the reason in headers.
+/// Records that could not be decoded or validated, or that a store rejected
+/// (poison records), with the reason in headers.
 pub const DLQ: &str = "weir.dlq.v1";
 
 /// Headers set on every dead-letter record, so an operator can find the
@@ -27,4 +28,12 @@ pub mod dlq_headers {
     pub const GROUP: &str = "weir.dlq.group";
     /// When it was rejected (RFC 3339).
     pub const TIME: &str = "weir.dlq.time";
+    /// With reason `store_rejected`: the store that refused the record
+    /// (`postgres`, `redis`, or an aggregator's own).
+    pub const STORE: &str = "weir.dlq.store";
+    /// With reason `store_rejected` by PostgreSQL: its SQLSTATE (`22P05`).
+    pub const SQLSTATE: &str = "weir.dlq.sqlstate";
+    /// Payload size before truncation to `consumer.dlq_max_payload`, when
+    /// it was truncated (such a record cannot be replayed).
+    pub const ORIGINAL_SIZE: &str = "weir.dlq.payload.original_size";
 }

@@ -123,6 +123,12 @@ fn health_schema_matches_rust_type() {
             ("node_id", Value::from("")),
             ("cpu_usage_pct", Value::from(250.0)),
             ("schema_version", Value::from(2)),
+            ("node_id", Value::from("edge\u{0}1")),
+            ("agent_id", Value::from("a b")),
+            ("service", Value::from("edge\u{0}")),
+            ("endpoint", Value::from("x".repeat(1025))),
+            ("cdn_type", Value::from("mid\u{7}")),
+            ("seq", Value::from(u64::MAX)),
         ],
     );
 }
@@ -138,6 +144,17 @@ fn access_schema_matches_rust_type() {
             ("cache", Value::from("sometimes")),
             ("seq", Value::from(0)),
             ("method", Value::from("")),
+            ("object_key", Value::from("k".repeat(2049))),
+            ("object_key", Value::from("a\u{0}b")),
+            ("object_key", Value::from("a\u{1b}[31mred")),
+            ("node_id", Value::from("edge\u{0}")),
+            ("request_id", Value::from("r\u{85}")),
+            ("range", Value::from("bytes=0-1\n")),
+            ("client_addr", Value::from("x".repeat(256))),
+            ("bytes_sent", Value::from(1u64 << 62)),
+            ("object_size", Value::from(u64::MAX)),
+            ("total_latency_us", Value::from(i64::MAX)),
+            ("seq", Value::from(u64::MAX)),
         ],
     );
 }

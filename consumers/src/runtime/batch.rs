@@ -1,0 +1,217 @@
+//! What a batch holds while it is collected, decoded and applied, and when
+//! it is full.
+
+use std::collections::BTreeMap;
+
+use weir_schemas::{decode, DecodeError, Event};
+
+use super::Record;
+
+/// Below this many records a batch is decoded on the loop's own thread; above
+/// it, half of it is decoded on a blocking thread at the same time (decoding
+/// JSON is the largest CPU cost of a member).
+pub(crate) const PARALLEL_DECODE_MIN: usize = 1024;
+
+/// A record as received, decoded later in parallel with the rest of the batch.
+pub(crate) struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+}
+
+/// A record that failed to decode, kept until it is durable in the DLQ.
+pub(crate) struct DeadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub original_size: usize,
+    pub error: DecodeError,
+    pub timestamp: Option<i64>,
+}
+
+/// Decodes raw records in order; failures become dead letters.
+pub(crate) fn decode_all<E: Event>(
+    raw: Vec<RawRecord>,
+    dlq_max_payload: usize,
+) -> (Vec<Record<E>>, Vec<DeadRecord>) {
+    let mut records = Vec::with_capacity(raw.len());
+    let mut dead = Vec::new();
+    for r in raw {
+        match decode::<E>(r.payload.as_deref()) {
+            Ok(event) => records.push(Record {
+                partition: r.partition,
+                offset: r.offset,
+                event,
+            }),
+            Err(error) => {
+                let mut payload = r.payload.unwrap_or_default();
+                let original_size = payload.len();
+                payload.truncate(dlq_max_payload);
+                dead.push(DeadRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    key: r.key,
+                    payload,
+                    original_size,
+                    error,
+                    timestamp: r.timestamp,
+                });
+            }
+        }
+    }
+    (records, dead)
+}
+
+/// Decodes raw records, splitting a large batch across two threads.
+pub(crate) async fn decode_parallel<E: Event>(
+    mut raw: Vec<RawRecord>,
+    dlq_max_payload: usize,
+) -> (Vec<Record<E>>, Vec<DeadRecord>) {
+    if raw.len() < PARALLEL_DECODE_MIN {
+        return decode_all::<E>(raw, dlq_max_payload);
+    }
+    let second = raw.split_off(raw.len() / 2);
+    let other = tokio::task::spawn_blocking(move || decode_all::<E>(second, dlq_max_payload));
+    let (mut records, mut dead) = decode_all::<E>(raw, dlq_max_payload);
+    match other.await {
+        Ok((r, d)) => {
+            records.extend(r);
+            dead.extend(d);
+        }
+        // Only a panic in the decoder gets here: crash like the inline half
+        // would, before any offset of the batch is stored.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+    (records, dead)
+}
+
+/// One batch: raw records while it is collected, decoded records and dead
+/// letters once it is decoded, and the offset range it moves per partition.
+pub(crate) struct Batch<E> {
+    pub raw: Vec<RawRecord>,
+    pub records: Vec<Record<E>>,
+    pub dead: Vec<DeadRecord>,
+    pub dead_sent: bool,
+    /// Per partition: (offset stored before the batch, next offset after it).
+    pub ranges: BTreeMap<i32, (Option<i64>, i64)>,
+}
+
+impl<E> Batch<E> {
+    pub fn new() -> Self {
+        Batch {
+            raw: Vec::new(),
+            records: Vec::new(),
+            dead: Vec::new(),
+            dead_sent: false,
+            ranges: BTreeMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw.len() + self.records.len() + self.dead.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Whether the batch reached its bound and must be applied now.
+    pub fn is_full(&self, max_records: usize) -> bool {
+        self.len() >= max_records
+    }
+
+    /// Adds a received record and extends its partition's range.
+    pub fn push(&mut self, stored: Option<i64>, raw: RawRecord) {
+        let entry = self
+            .ranges
+            .entry(raw.partition)
+            .or_insert((stored, raw.offset));
+        entry.1 = raw.offset + 1;
+        self.raw.push(raw);
+    }
+
+    /// The batch's partitions and offset ranges, for its tracing span
+    /// (`0:[10..20) 3:[7..9)`; `-` where no offset was stored yet).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (p, (stored, next)) in &self.ranges {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            match stored {
+                Some(s) => out.push_str(&format!("{p}:[{s}..{next})")),
+                None => out.push_str(&format!("{p}:[-..{next})")),
+            }
+        }
+        out
+    }
+
+    pub fn drop_partition(&mut self, p: i32) {
+        self.raw.retain(|r| r.partition != p);
+        self.records.retain(|r| r.partition != p);
+        self.dead.retain(|r| r.partition != p);
+        self.ranges.remove(&p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use weir_schemas::AccessEvent;
+
+    fn raw(partition: i32, offset: i64, payload: &[u8]) -> RawRecord {
+        RawRecord {
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload.to_vec()),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn ranges_run_from_the_stored_offset_to_the_last_record_plus_one() {
+        let mut b: Batch<AccessEvent> = Batch::new();
+        assert!(b.is_empty());
+        b.push(Some(10), raw(0, 10, b"x"));
+        b.push(Some(10), raw(0, 11, b"x"));
+        b.push(None, raw(1, 5, b"x"));
+        assert_eq!(b.ranges[&0], (Some(10), 12));
+        assert_eq!(b.ranges[&1], (None, 6));
+        assert_eq!(b.len(), 3);
+        b.drop_partition(0);
+        assert_eq!((b.len(), b.ranges.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_record_bound() {
+        let mut b: Batch<AccessEvent> = Batch::new();
+        for o in 0..3 {
+            assert!(!b.is_full(3));
+            b.push(None, raw(0, o, b"x"));
+        }
+        assert!(b.is_full(3));
+    }
+
+    #[test]
+    fn undecodable_records_become_truncated_dead_letters_in_order() {
+        let good =
+            weir_schemas::encode(&AccessEvent::example("n1", 1, Utc::now())).expect("encodes");
+        let junk = vec![b'{'; 100];
+        let (records, dead) = decode_all::<AccessEvent>(
+            vec![raw(0, 0, &good), raw(0, 1, &junk), raw(0, 2, &good)],
+            10,
+        );
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].offset, dead[0].payload.len(), dead[0].original_size),
+            (1, 10, 100)
+        );
+        assert_eq!(dead[0].error.reason(), "not_json");
+    }
+}

@@ -1,0 +1,119 @@
+//! Settings of a consumer group member (`[consumer]`) and their checks.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir_core::{ConfigError, Validate};
+
+/// Settings of a consumer group member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Group id; empty means `weir-<role>` (e.g. `weir-health`).
+    pub group: String,
+    /// Largest batch, in records.
+    pub batch_max_records: usize,
+    /// Longest a batch waits to fill once its first record arrived: bounds
+    /// latency at low traffic.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+    /// Kafka session timeout: how long a silent member keeps its partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Longest pause between two retries of a batch while a store is down.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Deadline to finish the current batch on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Largest payload copied into a dead letter; larger ones are truncated
+    /// (with the original size in a header) so that the dead-letter topic
+    /// can always take them.
+    pub dlq_max_payload: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: String::new(),
+            batch_max_records: 5000,
+            batch_max_wait: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(10),
+            retry_backoff_max: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(15),
+            dlq_max_payload: 256 * 1024,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// The group id in force for a role.
+    pub fn group_for(&self, role: &str) -> String {
+        if self.group.is_empty() {
+            format!("weir-{role}")
+        } else {
+            self.group.clone()
+        }
+    }
+}
+
+impl Validate for ConsumerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.batch_max_records) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_records",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.batch_max_wait > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_wait",
+                "must be at most 60s",
+            ));
+        }
+        let st = self.session_timeout;
+        if st < Duration::from_secs(1) || st > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "consumer.session_timeout",
+                "must be between 1s and 5m",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_each_bound_names_its_key() {
+        assert_eq!(ConsumerConfig::default().validate(), Ok(()));
+        let cases: [(&str, ConsumerConfig); 3] = [
+            (
+                "consumer.batch_max_records",
+                ConsumerConfig {
+                    batch_max_records: 0,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.batch_max_wait",
+                ConsumerConfig {
+                    batch_max_wait: Duration::from_secs(61),
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.session_timeout",
+                ConsumerConfig {
+                    session_timeout: Duration::from_millis(999),
+                    ..ConsumerConfig::default()
+                },
+            ),
+        ];
+        for (key, cfg) in cases {
+            assert_eq!(cfg.validate().map_err(|e| e.key), Err(key.to_string()));
+        }
+    }
+}
