@@ -7,11 +7,15 @@
 //! tests start *private* instances (`PrivateService`) so that stopping one
 //! does not disturb the other tests.
 //!
+//! [`TestWorld`] gives a test all of these in one call, with the `WEIR_*`
+//! environment a `weir` child process needs to use exactly them.
+//!
 //! One module per concern; every public name is re-exported here, so tests
 //! import from the crate root (`weir_testkit::{stack, TestTopics, Proc}`).
 #![warn(missing_docs)]
 
 mod blocking;
+mod bucket;
 mod db;
 pub mod groups;
 mod kafka;
@@ -22,7 +26,9 @@ mod process;
 mod redis_prefix;
 mod stack;
 mod wait;
+mod world;
 
+pub use bucket::TestBucket;
 pub use db::TestDb;
 pub use kafka::TestTopics;
 pub use logs::init_logs;
@@ -32,3 +38,4 @@ pub use process::{last_json, weir_env, Proc};
 pub use redis_prefix::TestRedis;
 pub use stack::{repo_root, require, stack, Stack};
 pub use wait::eventually;
+pub use world::{TestWorld, WorldBuilder};

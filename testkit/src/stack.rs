@@ -40,6 +40,26 @@ pub fn stack() -> Stack {
     }
 }
 
+/// The shared stack's S3 endpoint and credentials (`WEIR_S3_*`).
+pub(crate) fn s3() -> S3Stack {
+    S3Stack {
+        endpoint: var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000"),
+        region: var("WEIR_S3_REGION", "us-east-1"),
+        access_key_id: var("WEIR_S3_ACCESS_KEY_ID", "test"),
+        secret_access_key: var("WEIR_S3_SECRET_ACCESS_KEY", "test"),
+    }
+}
+
+/// Where the S3 server is and how to sign for it. (Apart from [`Stack`],
+/// whose fields tests construct literally for private services.)
+#[derive(Debug, Clone)]
+pub(crate) struct S3Stack {
+    pub(crate) endpoint: String,
+    pub(crate) region: String,
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: String,
+}
+
 fn host_port(url: &str) -> Option<String> {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let rest = rest.rsplit('@').next()?;
