@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::weir;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -17,7 +19,7 @@ fn read(rel: &str) -> String {
 /// Runs `weir config` with the given settings; panics with weir's message
 /// if it rejects them.
 fn accepts(args: &[&str], env: &[(String, String)], what: &str) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    let mut cmd = Command::new(weir());
     cmd.args(args).arg("config");
     // Start from a clean slate: the test's own WEIR_* variables must not mix in.
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
