@@ -17,6 +17,7 @@
 mod blocking;
 mod bucket;
 mod db;
+mod dead_letters;
 pub mod groups;
 mod kafka;
 mod logs;
@@ -30,6 +31,7 @@ mod world;
 
 pub use bucket::TestBucket;
 pub use db::TestDb;
+pub use dead_letters::{read_dead_letters, DeadLetter};
 pub use kafka::TestTopics;
 pub use logs::init_logs;
 pub use names::{free_addr, free_port, unique};

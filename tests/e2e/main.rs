@@ -12,6 +12,7 @@
 //!   lag_closed_loop  the limiter settles the lag
 //!   topics_scale     `weir topics scale`
 //!   deploy_files     deploy/ files checked against the binary
+//!   hostile          hostile input and faults from the outside (issue 9)
 //!
 //! The helpers here are the ones every module needs: the binary, running it
 //! to completion, and an edge process with its own ports and disk tier.
@@ -21,6 +22,7 @@ mod deploy_files;
 mod edge;
 mod edge_limiter;
 mod health;
+mod hostile;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
@@ -65,6 +67,27 @@ pub async fn get_json(url: &str) -> Option<(u16, Value)> {
     let status = resp.status().as_u16();
     let body = resp.json::<Value>().await.ok()?;
     Some((status, body))
+}
+
+/// `weir [args…] config` with only `env` for `WEIR_*` variables (the test's
+/// own, from `deploy/local/env`, must not mix in): exit code (-1 when
+/// killed) and stdout followed by stderr.
+pub fn weir_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(weir());
+    cmd.args(args).arg("config");
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run weir config");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A running `weir edge` with its own client and admin ports and disk tier
