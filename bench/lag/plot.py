@@ -3,7 +3,7 @@
 limiter off and on, and the admitted fraction) as a dependency-free SVG.
 
 CSV columns: limiter,t_s,lag,fraction,admitted,shed (written by
-tests/lag_closed_loop.rs with LAG_CLOSED_LOOP_CSV=path)."""
+tests/e2e/lag_closed_loop.rs with LAG_CLOSED_LOOP_CSV=path)."""
 import csv
 import sys
 

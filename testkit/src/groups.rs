@@ -144,19 +144,10 @@ impl Drop for GroupMember {
 pub fn delete_groups(brokers: &str, groups: &[&str]) {
     let brokers = brokers.to_string();
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let _ = super::admin(&brokers)
-                .delete_groups(&refs, &rdkafka::admin::AdminOptions::new())
-                .await;
-        });
-    })
-    .join();
+    crate::blocking::on_own_thread(move || async move {
+        let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let _ = crate::kafka::admin(&brokers)
+            .delete_groups(&refs, &rdkafka::admin::AdminOptions::new())
+            .await;
+    });
 }

@@ -2,7 +2,6 @@
 //! pipeline from agent to center, a member killed with SIGKILL, bad input at
 //! the command line, and the center with Redis gone.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -10,40 +9,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::HealthEvent;
-use weir_testkit::{
-    eventually, free_addr, stack, unique, PrivateService, Proc, TestDb, TestRedis, TestTopics,
-};
+use weir_testkit::{eventually, free_addr, stack, unique, PrivateService, Proc, TestWorld};
 
-fn weir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weir"))
-}
-
-fn env(
-    topics: &TestTopics,
-    db: &TestDb,
-    redis_url: &str,
-    prefix: &str,
-    group: &str,
-) -> Vec<(String, String)> {
-    weir_testkit::weir_env(&stack().kafka, topics, &db.url, redis_url, prefix, group)
-}
-
-fn with(mut base: Vec<(String, String)>, extra: &[(&str, String)]) -> Vec<(String, String)> {
-    base.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    base
-}
-
-async fn get_json(url: &str) -> Option<(u16, Value)> {
-    let resp = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.json::<Value>().await.ok()?;
-    Some((status, body))
-}
+use crate::{get_json, run_weir, weir};
 
 async fn total_reports(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(reports)::bigint FROM servers")
@@ -56,12 +24,9 @@ async fn total_reports(pool: &sqlx::PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_to_center_end_to_end() {
-    let s = stack();
-    let topics = TestTopics::create(&s, 3).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let group = unique("g");
-    let base = env(&topics, &db, &redis.url, &redis.prefix, &group);
+    let world = TestWorld::create(3).await;
+    let db = &world.db;
+    let base = world.env();
     let center_addr = free_addr();
     let node = unique("e2e-node");
 
@@ -71,10 +36,7 @@ async fn agent_to_center_end_to_end() {
         "center",
         weir(),
         &["center"],
-        &with(
-            base.clone(),
-            &[("WEIR_CENTER_ADDR", center_addr.to_string())],
-        ),
+        &world.env_with(&[("WEIR_CENTER_ADDR", &center_addr.to_string())]),
     );
     let api = format!("http://{center_addr}/api/v1");
     eventually(Duration::from_secs(30), "center ready", || {
@@ -259,12 +221,9 @@ async fn agent_to_center_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_loses_and_duplicates_nothing() {
-    let s = stack();
-    let topics = TestTopics::create(&s, 6).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let group = unique("g");
-    let base = env(&topics, &db, &redis.url, &redis.prefix, &group);
+    let world = TestWorld::create(6).await;
+    let (topics, db) = (&world.topics, &world.db);
+    let base = world.env();
     let mut a = Proc::spawn("member-a", weir(), &["consume", "health"], &base);
     let mut b = Proc::spawn("member-b", weir(), &["consume", "health"], &base);
 
@@ -343,19 +302,6 @@ async fn sigkill_of_a_member_loses_and_duplicates_nothing() {
 
 /// Arguments, environment, and the key the error must name.
 type BadInvocation<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
-
-fn run_weir(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = std::process::Command::new(weir());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run weir");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn bad_flags_and_config_exit_2_with_one_line_naming_the_key() {
@@ -444,18 +390,17 @@ fn bad_flags_and_config_exit_2_with_one_line_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_answers_503_while_redis_is_down_and_recovers() {
-    let s = stack();
-    s.require_postgres();
     let mut redis = PrivateService::start("redis");
-    let topics = TestTopics::create(&s, 1).await;
-    let db = TestDb::create(&s).await;
+    let world = TestWorld::create(1).await;
     let addr = free_addr();
-    let base = env(&topics, &db, &redis.url(), &unique("wt"), &unique("g"));
     let _center = Proc::spawn(
         "center",
         weir(),
         &["center"],
-        &with(base, &[("WEIR_CENTER_ADDR", addr.to_string())]),
+        &world.env_with(&[
+            ("WEIR_REDIS_URL", &redis.url()),
+            ("WEIR_CENTER_ADDR", &addr.to_string()),
+        ]),
     );
     let url = format!("http://{addr}/api/v1/nodes");
     let (_, body) = eventually(Duration::from_secs(30), "center up", || {

@@ -6,20 +6,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
-use weir_testkit::groups::{commit_without_joining, delete_groups, produce};
-use weir_testkit::{eventually, free_addr, stack, unique, Proc, TestRedis, TestTopics};
+use weir_testkit::groups::{commit_without_joining, produce};
+use weir_testkit::{eventually, free_addr, Proc, TestWorld};
+
+use crate::weir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_writes_redis_signal_and_metrics() {
-    let st = stack();
-    st.require_kafka().require_redis();
-    let topics = TestTopics::create(&st, 1).await;
-    let topic = topics.health.clone();
+    let world = TestWorld::create(1).await;
+    let (st, redis, group) = (&world.stack, &world.redis, &world.group);
+    let topic = world.topics.health.clone();
     produce(&st.kafka, &topic, 0, 10).await;
-    let group = unique("lag-export");
-    commit_without_joining(&st.kafka, &group, &[(&topic, 0, 4)]);
+    commit_without_joining(&st.kafka, group, &[(&topic, 0, 4)]);
 
-    let redis = TestRedis::new(&st);
     let client = redis::Client::open(redis.url.as_str()).expect("redis url");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub
@@ -29,16 +28,13 @@ async fn export_writes_redis_signal_and_metrics() {
     let metrics = free_addr();
     let mut proc = Proc::spawn(
         "lag-export",
-        std::path::Path::new(env!("CARGO_BIN_EXE_weir")),
-        &["lag", "export", "--group", &group],
-        &[
-            ("WEIR_KAFKA_BROKERS".into(), st.kafka.clone()),
-            ("WEIR_REDIS_URL".into(), redis.url.clone()),
-            ("WEIR_REDIS_KEY_PREFIX".into(), redis.prefix.clone()),
-            ("WEIR_METRICS_ADDR".into(), metrics.to_string()),
-            ("WEIR_LAG_INTERVAL".into(), "200ms".into()),
-            ("WEIR_LAG_WINDOW".into(), "2s".into()),
-        ],
+        weir(),
+        &["lag", "export", "--group", group],
+        &world.env_with(&[
+            ("WEIR_METRICS_ADDR", &metrics.to_string()),
+            ("WEIR_LAG_INTERVAL", "200ms"),
+            ("WEIR_LAG_WINDOW", "2s"),
+        ]),
     );
 
     // The channel carries the signal.
@@ -75,7 +71,7 @@ async fn export_writes_redis_signal_and_metrics() {
     .await;
 
     // The group catches up: the next signals say so.
-    commit_without_joining(&st.kafka, &group, &[(&topic, 0, 10)]);
+    commit_without_joining(&st.kafka, group, &[(&topic, 0, 10)]);
     eventually(Duration::from_secs(20), "a caught-up signal", || {
         let (key, mut conn) = (key.clone(), conn.clone());
         async move {
@@ -94,5 +90,4 @@ async fn export_writes_redis_signal_and_metrics() {
         .terminate(Duration::from_secs(10))
         .expect("exits on SIGTERM");
     assert!(status.success(), "{}", proc.output());
-    delete_groups(&st.kafka, &[&group]);
 }

@@ -7,33 +7,22 @@
 //!
 //! Sizes are small by default so CI stays fast; the full runs of the issue
 //! are one variable away (see docs/delivery.md):
-//!   WEIR_TEST_CHAOS_EVENTS=1000000 cargo test --test access_e2e chaos
-//!   WEIR_TEST_BACKLOG_EVENTS=500000 cargo test --test access_e2e backlog
+//!   WEIR_TEST_CHAOS_EVENTS=1000000 cargo test --test e2e access::chaos
+//!   WEIR_TEST_BACKLOG_EVENTS=500000 cargo test --test e2e access::a_group_started_on_a_backlog
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weir_testkit::{
-    eventually, last_json, stack, unique, weir_env, PrivateService, Proc, Stack, TestDb, TestRedis,
-    TestTopics,
-};
+use weir_testkit::{eventually, last_json, PrivateService, Proc, Stack, TestWorld};
 
-fn weir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weir"))
-}
+use crate::weir;
 
 fn size(var: &str, default: u64) -> u64 {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn with(mut base: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    base.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    base
 }
 
 /// Runs `weir gen access` to completion and returns its totals.
@@ -119,18 +108,9 @@ fn stop_all(procs: &mut [Proc]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_and_can_be_replayed() {
-    let s = stack();
-    let topics = TestTopics::create(&s, 3).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let env = weir_env(
-        &s.kafka,
-        &topics,
-        &db.url,
-        &redis.url,
-        &redis.prefix,
-        &unique("g"),
-    );
+    let world = TestWorld::create(3).await;
+    let (topics, db) = (&world.topics, &world.db);
+    let env = world.env();
     let mut member = vec![Proc::spawn("member", weir(), &["consume", "access"], &env)];
     let totals = generate(
         &env,
@@ -248,25 +228,13 @@ async fn poison_records_are_dead_lettered_and_can_be_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_in_the_middle_of_a_batch_applies_nothing_twice() {
-    let s = stack();
-    let topics = TestTopics::create(&s, 4).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
+    let world = TestWorld::create(4).await;
+    let db = &world.db;
     // Long batches, so that the second member joins while the first holds one.
-    let env = with(
-        weir_env(
-            &s.kafka,
-            &topics,
-            &db.url,
-            &redis.url,
-            &redis.prefix,
-            &unique("g"),
-        ),
-        &[
-            ("WEIR_CONSUMER_BATCH_MAX_WAIT", "3s"),
-            ("WEIR_CONSUMER_BATCH_MAX_RECORDS", "1000000"),
-        ],
-    );
+    let env = world.env_with(&[
+        ("WEIR_CONSUMER_BATCH_MAX_WAIT", "3s"),
+        ("WEIR_CONSUMER_BATCH_MAX_RECORDS", "1000000"),
+    ]);
     let mut members = vec![Proc::spawn(
         "member-a",
         weir(),
@@ -310,18 +278,9 @@ async fn a_rebalance_in_the_middle_of_a_batch_applies_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_started_on_a_backlog_catches_up_and_reports_its_rate() {
     let n = size("WEIR_TEST_BACKLOG_EVENTS", 60_000);
-    let s = stack();
-    let topics = TestTopics::create(&s, 6).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let env = weir_env(
-        &s.kafka,
-        &topics,
-        &db.url,
-        &redis.url,
-        &redis.prefix,
-        &unique("g"),
-    );
+    let world = TestWorld::create(6).await;
+    let db = &world.db;
+    let env = world.env();
     let totals = generate(
         &env,
         &[
@@ -358,16 +317,13 @@ async fn chaos_kills_and_restarts_lose_and_double_count_nothing() {
         redis: redis.url(),
         database: pg.url(),
     };
-    let topics = TestTopics::create(&private, 6).await;
-    let db = TestDb::create_on(&pg.url()).await;
-    let env = weir_env(
-        &private.kafka,
-        &topics,
-        &db.url,
-        &redis.url(),
-        "chaos",
-        &unique("g"),
-    );
+    let world = TestWorld::builder()
+        .on(private)
+        .partitions(6)
+        .create()
+        .await;
+    let db = &world.db;
+    let env = world.env();
     let spawn =
         |i: usize| Proc::spawn(&format!("member-{i}"), weir(), &["consume", "access"], &env);
     let mut members: Vec<Proc> = (0..3).map(spawn).collect();

@@ -4,7 +4,8 @@
 //! dashboard plots is one the code emits.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::weir_config;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,19 +18,9 @@ fn read(rel: &str) -> String {
 /// Runs `weir config` with the given settings; panics with weir's message
 /// if it rejects them.
 fn accepts(args: &[&str], env: &[(String, String)], what: &str) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(args).arg("config");
-    // Start from a clean slate: the test's own WEIR_* variables must not mix in.
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let out = cmd.output().expect("run weir config");
-    assert!(
-        out.status.success(),
-        "{what}: weir rejects it: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out) = weir_config(args, &env);
+    assert_eq!(code, 0, "{what}: weir rejects it: {out}");
 }
 
 /// `KEY: "value"` / `KEY: value` lines whose key starts with WEIR_.

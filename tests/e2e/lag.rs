@@ -3,16 +3,13 @@
 //! partitions: with a member, then with none.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 use weir_testkit::groups::{delete_groups, produce, GroupMember};
 use weir_testkit::{repo_root, stack, unique, TestTopics};
 
-fn weir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weir"))
-}
+use crate::weir;
 
 /// One row, as both tools report it: committed, end, lag, member, host,
 /// client id (`None` where a tool prints "-").

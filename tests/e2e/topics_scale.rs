@@ -9,8 +9,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir_testkit::{stack, TestTopics};
 
-fn weir(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+use crate::weir;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(weir())
         .args(args)
         .env("WEIR_KAFKA_BROKERS", stack().kafka)
         .output()
@@ -59,7 +61,7 @@ async fn scale_adds_refuses_decrease_and_dry_runs() {
     }
 
     // Dry run: says what it would do, changes nothing, warns about keys.
-    let o = weir(&["topics", "scale", keyed, "--partitions", "4", "--dry-run"]);
+    let o = run(&["topics", "scale", keyed, "--partitions", "4", "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("2 -> 4 partitions (dry run"),
@@ -70,30 +72,30 @@ async fn scale_adds_refuses_decrease_and_dry_runs() {
     assert_eq!(partitions(keyed), 2);
 
     // Increase.
-    let o = weir(&["topics", "scale", keyed, "--partitions", "4"]);
+    let o = run(&["topics", "scale", keyed, "--partitions", "4"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("2 -> 4 partitions"), "{}", text(&o));
     assert_eq!(partitions(keyed), 4);
 
     // Same count: nothing to do.
-    let o = weir(&["topics", "scale", keyed, "--partitions", "4"]);
+    let o = run(&["topics", "scale", keyed, "--partitions", "4"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
 
     // Decrease: refused, clearly, and nothing changes.
-    let o = weir(&["topics", "scale", keyed, "--partitions", "3"]);
+    let o = run(&["topics", "scale", keyed, "--partitions", "3"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("cannot decrease"), "{}", text(&o));
     assert_eq!(partitions(keyed), 4);
 
     // An empty topic: no key can move, but we cannot tell, so we say so.
-    let o = weir(&["topics", "scale", &topics.access, "--partitions", "3"]);
+    let o = run(&["topics", "scale", &topics.access, "--partitions", "3"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("could not tell"), "{}", text(&o));
     assert_eq!(partitions(&topics.access), 3);
 
     // A topic that does not exist.
-    let o = weir(&[
+    let o = run(&[
         "topics",
         "scale",
         "weir-no-such-topic-x",

@@ -24,8 +24,9 @@ use weir_lag::LagReader;
 use weir_producers::follow_signal;
 use weir_producers::{EventProducer, KafkaConfig, LagLimiter, LimiterConfig, Offer};
 use weir_schemas::{AccessEvent, HealthEvent};
-use weir_testkit::groups::delete_groups;
-use weir_testkit::{free_addr, stack, unique, Proc, TestRedis, TestTopics};
+use weir_testkit::{free_addr, stack, Proc, TestWorld};
+
+use crate::weir;
 
 const OFFERED_PER_S: u64 = 400;
 const CONSUMED_PER_S: u64 = 200;
@@ -80,10 +81,9 @@ fn slow_consumer(
 /// Runs one phase for `secs`; returns the curve and (health offered,
 /// health delivered).
 async fn phase(limited: bool, secs: u64) -> (Vec<Row>, u64, u64) {
-    let st = stack();
-    let topics = TestTopics::create(&st, 1).await;
-    let redis = TestRedis::new(&st);
-    let group = unique(if limited { "loop-on" } else { "loop-off" });
+    let world = TestWorld::create(1).await;
+    let (st, topics, redis) = (&world.stack, &world.topics, &world.redis);
+    let group = world.group.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = slow_consumer(&st.kafka, &group, &topics.access, stop.clone());
 
@@ -104,16 +104,13 @@ async fn phase(limited: bool, secs: u64) -> (Vec<Row>, u64, u64) {
         producer = producer.with_limiter(limiter.clone());
         exporter = Some(Proc::spawn(
             "lag-export",
-            std::path::Path::new(env!("CARGO_BIN_EXE_weir")),
+            weir(),
             &["lag", "export", "--group", &group],
-            &[
-                ("WEIR_KAFKA_BROKERS".into(), st.kafka.clone()),
-                ("WEIR_REDIS_URL".into(), redis.url.clone()),
-                ("WEIR_REDIS_KEY_PREFIX".into(), redis.prefix.clone()),
-                ("WEIR_METRICS_ADDR".into(), free_addr().to_string()),
-                ("WEIR_LAG_INTERVAL".into(), "250ms".into()),
-                ("WEIR_LAG_WINDOW".into(), "5s".into()),
-            ],
+            &world.env_with(&[
+                ("WEIR_METRICS_ADDR", &free_addr().to_string()),
+                ("WEIR_LAG_INTERVAL", "250ms"),
+                ("WEIR_LAG_WINDOW", "5s"),
+            ]),
         ));
         let rcfg = RedisConfig {
             url: redis.url.clone(),
@@ -210,7 +207,6 @@ async fn phase(limited: bool, secs: u64) -> (Vec<Row>, u64, u64) {
         );
         p.terminate(Duration::from_secs(10));
     }
-    delete_groups(&st.kafka, &[&group]);
     (rows, health_sent, health_ok.load(Ordering::Relaxed))
 }
 

@@ -8,13 +8,14 @@
 //! memory budget plus a constant while the whole object and then a range of
 //! it pass through.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use weir_testkit::{free_addr, stack, unique, PrivateService, Proc, TestRedis, TestTopics};
+use weir_testkit::{free_addr, PrivateService, TestWorld};
+
+use crate::Edge;
 
 const MIB: u64 = 1024 * 1024;
 const MEMORY_BUDGET: u64 = 64 * MIB;
@@ -27,10 +28,6 @@ fn object_size() -> u64 {
         .unwrap_or(256)
         .max(64)
         * MIB
-}
-
-fn weir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weir"))
 }
 
 fn byte_at(i: u64) -> u8 {
@@ -48,15 +45,42 @@ fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+/// A private S3 server whose bucket `weir` holds `key` = `body`; its
+/// endpoint.
+async fn private_origin(key: &str, body: Vec<u8>) -> (PrivateService, String) {
+    let s3 = PrivateService::start("s3");
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let client = s3_client(&endpoint);
+    let start = Instant::now();
+    while client.create_bucket().bucket("weir").send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "private S3 bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .put_object()
+        .bucket("weir")
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .expect("upload to the private origin");
+    (s3, endpoint)
+}
+
+/// The world's environment with the origin moved to a private S3 server,
+/// plus `extra`.
+fn origin_env(world: &TestWorld, endpoint: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = world.env_with(&[
+        ("WEIR_S3_ENDPOINT", endpoint),
+        ("WEIR_S3_BUCKET", "weir"),
+        ("WEIR_S3_ACCESS_KEY_ID", "test"),
+        ("WEIR_S3_SECRET_ACCESS_KEY", "test"),
+    ]);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
 }
 
 /// Reads a response body, checking every byte against the pattern from
@@ -77,72 +101,28 @@ async fn check_body(resp: reqwest::Response, offset: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_passes_through_in_bounded_memory() {
-    let st = stack();
-    st.require_kafka().require_redis();
-    let topics = TestTopics::create(&st, 1).await;
-    let redis = TestRedis::new(&st);
-    let s3 = PrivateService::start("s3");
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let client = s3_client(&endpoint);
-    let start = Instant::now();
-    while client.create_bucket().bucket("weir").send().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "private S3 bucket"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let world = TestWorld::create(1).await;
+    // The object lives in a private S3 server (moto keeps it in memory;
+    // the shared one must not carry it).
     let body: Vec<u8> = (0..object_size()).map(byte_at).collect();
-    client
-        .put_object()
-        .bucket("weir")
-        .key("big/object.bin")
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .expect("upload the large object");
-
-    let (addr, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(unique("weir-edge-e2e"));
-    let mut env = topics.env();
-    env.extend(
-        [
-            ("WEIR_S3_ENDPOINT", endpoint.clone()),
-            ("WEIR_S3_BUCKET", "weir".into()),
-            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
-            ("WEIR_S3_TIMEOUT", "30s".into()),
-            ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
-            ("WEIR_REDIS_URL", redis.url.clone()),
-            ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-            ("WEIR_EDGE_ADDR", addr.to_string()),
-            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
-            ("WEIR_EDGE_MEMORY_BUDGET", MEMORY_BUDGET.to_string()),
-            ("WEIR_EDGE_MEMORY_OBJECT_MAX", (16 * MIB).to_string()),
-            ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+    let (_s3, endpoint) = private_origin("big/object.bin", body).await;
+    let mut edge = Edge::start(&origin_env(
+        &world,
+        &endpoint,
+        &[
+            ("WEIR_S3_TIMEOUT", "30s"),
+            ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
+            ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
             // The cold pass of a large object from moto can outlast the
             // default freshness; the warm pass must be a hit, not a
             // revalidation.
-            ("WEIR_EDGE_FRESH_FOR", "10m".into()),
-            ("WEIR_METRICS_ADDR", String::new()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
-    let pid = edge.pid().expect("pid");
-    let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
+            ("WEIR_EDGE_FRESH_FOR", "10m"),
+        ],
+    ))
     .await;
-    let base_rss = peak_rss_bytes(pid);
+    let addr = edge.addr;
+    let http = reqwest::Client::new();
+    let base_rss = edge.proc.peak_rss();
 
     // Cold: streamed from the origin, slice by slice, to the client and to
     // the disk tier.
@@ -182,7 +162,7 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     assert_eq!(resp.status(), 206);
     assert_eq!(check_body(resp, a).await, b - a + 1);
 
-    let peak = peak_rss_bytes(pid);
+    let peak = edge.proc.peak_rss();
     eprintln!(
         "edge e2e: {} MiB cold {cold:?} ({:.0} MiB/s), warm {warm:?} ({:.0} MiB/s); peak RSS {} MiB (at start {} MiB, memory budget {} MiB)",
         object_size() / MIB,
@@ -198,72 +178,31 @@ async fn a_large_object_passes_through_in_bounded_memory() {
         peak / MIB,
         object_size() / MIB
     );
-    let status = edge.terminate(Duration::from_secs(15));
+    let status = edge.proc.terminate(Duration::from_secs(15));
     assert!(
         status.is_some_and(|s| s.success()),
         "edge stops cleanly: {status:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
-    let st = stack();
-    st.require_redis();
-    let redis = TestRedis::new(&st);
-    let s3 = PrivateService::start("s3");
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let client = s3_client(&endpoint);
-    let start = Instant::now();
-    while client.create_bucket().bucket("weir").send().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "private S3 bucket"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    client
-        .put_object()
-        .bucket("weir")
-        .key("small.txt")
-        .body(ByteStream::from_static(b"small"))
-        .send()
-        .await
-        .expect("upload");
+    let world = TestWorld::create(1).await;
+    let (_s3, endpoint) = private_origin("small.txt", b"small".to_vec()).await;
     // Kafka is a port nobody listens on, and the producer's queue holds one
     // record: every event after the first must be shed, and no request may
     // wait for Kafka.
-    let dead_kafka = free_addr();
-    let (addr, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(unique("weir-edge-shed"));
-    let env: Vec<(String, String)> = [
-        ("WEIR_S3_ENDPOINT", endpoint.clone()),
-        ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-        ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
-        ("WEIR_KAFKA_BROKERS", dead_kafka.to_string()),
-        ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1".into()),
-        ("WEIR_REDIS_URL", redis.url.clone()),
-        ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-        ("WEIR_EDGE_ADDR", addr.to_string()),
-        ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
-        ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
-        ("WEIR_METRICS_ADDR", String::new()),
-    ]
-    .map(|(k, v)| (k.to_string(), v))
-    .to_vec();
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
-    let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
+    let dead_kafka = free_addr().to_string();
+    let mut edge = Edge::start(&origin_env(
+        &world,
+        &endpoint,
+        &[
+            ("WEIR_KAFKA_BROKERS", &dead_kafka),
+            ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1"),
+        ],
+    ))
     .await;
+    let (addr, http) = (edge.addr, reqwest::Client::new());
     let t = Instant::now();
     for _ in 0..20 {
         let r = http
@@ -279,14 +218,7 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
         "20 requests took {:?} with Kafka gone",
         t.elapsed()
     );
-    let metrics = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = edge.metrics().await;
     let shed: u64 = metrics
         .lines()
         .find(|l| l.starts_with("weir_edge_access_events_shed_total{reason=\"queue_full\"}"))
@@ -297,7 +229,6 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
         shed >= 19,
         "shed events counted in /metrics: {shed}\n{metrics}"
     );
-    let status = edge.terminate(Duration::from_secs(20));
+    let status = edge.proc.terminate(Duration::from_secs(20));
     assert!(status.is_some(), "edge stops with Kafka gone");
-    let _ = std::fs::remove_dir_all(&dir);
 }
