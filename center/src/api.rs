@@ -226,9 +226,7 @@ async fn get_node(
     State(state): State<CenterState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    if id.is_empty() || id.len() > 255 {
-        return Err(ApiError::bad_request("node id must be 1 to 255 bytes"));
-    }
+    check_node_id("the node id", &id)?;
     let mut conn = state.redis.conn().await?;
     let score: Option<f64> = conn.zscore(state.keys.nodes(), &id).await?;
     let Some(score) = score else {
@@ -264,7 +262,27 @@ async fn fleet(State(state): State<CenterState>) -> Result<Json<FleetView>, ApiE
 pub struct UptimeParams {
     from: Option<String>,
     to: Option<String>,
+    /// One node id, or several separated by commas.
     node: Option<String>,
+    /// Nodes per page (default 100, at most 1000).
+    limit: Option<i64>,
+    /// Cursor: the `next` of the previous page.
+    after: Option<String>,
+}
+
+/// Most node ids one `node=` parameter may name.
+const UPTIME_MAX_NODES: usize = 100;
+/// Nodes per page of `/api/v1/uptime` by default, and at most.
+const UPTIME_PAGE: (i64, i64) = (100, 1000);
+
+/// A node id as the API accepts it: 1 to 255 bytes, no control characters.
+fn check_node_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be node ids of 1 to 255 bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses RFC 3339 or unix seconds.
@@ -289,6 +307,9 @@ struct UptimeView {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     nodes: Vec<NodeUptime>,
+    /// Cursor of the next page (`after=`), absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 async fn uptime(
@@ -310,10 +331,44 @@ async fn uptime(
     if to - from > chrono::Duration::days(400) {
         return Err(ApiError::bad_request("the window may not exceed 400 days"));
     }
+    let wanted: Option<Vec<String>> = match &p.node {
+        None => None,
+        Some(list) => {
+            let ids: Vec<String> = list.split(',').map(str::to_owned).collect();
+            if ids.len() > UPTIME_MAX_NODES {
+                return Err(ApiError::bad_request(format!(
+                    "node may name at most {UPTIME_MAX_NODES} nodes (got {}); page through all nodes with limit and after instead",
+                    ids.len()
+                )));
+            }
+            for id in &ids {
+                check_node_id("node", id)?;
+            }
+            Some(ids)
+        }
+    };
+    if let Some(a) = &p.after {
+        check_node_id("after", a)?;
+    }
+    let limit = p.limit.unwrap_or(UPTIME_PAGE.0);
+    if !(1..=UPTIME_PAGE.1).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {}",
+            UPTIME_PAGE.1
+        )));
+    }
     let nodes = UptimeQuery { pool: &state.pool }
-        .run(from, to, p.node.as_deref())
+        .page(from, to, wanted.as_deref(), p.after.as_deref(), limit)
         .await?;
-    Ok(Json(UptimeView { from, to, nodes }))
+    let next = (nodes.len() as i64 == limit)
+        .then(|| nodes.last().map(|n| n.node_id.clone()))
+        .flatten();
+    Ok(Json(UptimeView {
+        from,
+        to,
+        nodes,
+        next,
+    }))
 }
 
 async fn ready(State(state): State<CenterState>) -> impl IntoResponse {

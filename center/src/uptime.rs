@@ -126,23 +126,43 @@ impl UptimeQuery<'_> {
         to: DateTime<Utc>,
         node: Option<&str>,
     ) -> Result<Vec<NodeUptime>, sqlx::Error> {
+        let nodes: Vec<String> = node.map(str::to_owned).into_iter().collect();
+        self.page(from, to, node.map(|_| nodes.as_slice()), None, i64::MAX)
+            .await
+    }
+
+    /// Uptime over `[from, to)` of at most `limit` nodes, in node id order:
+    /// those of `nodes` (all when `None`) whose id sorts after `after` (the
+    /// cursor of the previous page).
+    pub async fn page(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        nodes: Option<&[String]>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<NodeUptime>, sqlx::Error> {
         let servers: Vec<ServerRow> = sqlx::query_as(
             "SELECT node_id, first_seen, last_seen, reports, interval_ms, now() FROM servers \
-             WHERE first_seen < $2 AND ($3::text IS NULL OR node_id = $3) ORDER BY node_id",
+             WHERE first_seen < $2 AND ($3::text[] IS NULL OR node_id = ANY($3)) \
+             AND ($4::text IS NULL OR node_id > $4) ORDER BY node_id LIMIT $5",
         )
         .bind(from)
         .bind(to)
-        .bind(node)
+        .bind(nodes)
+        .bind(after)
+        .bind(limit)
         .fetch_all(self.pool)
         .await?;
+        let ids: Vec<&str> = servers.iter().map(|r| r.0.as_str()).collect();
         let sessions: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT node_id, started_at, ended_at FROM node_sessions \
-             WHERE ended_at > $1 AND started_at < $2 AND ($3::text IS NULL OR node_id = $3) \
+             WHERE ended_at > $1 AND started_at < $2 AND node_id = ANY($3) \
              ORDER BY node_id, started_at",
         )
         .bind(from)
         .bind(to)
-        .bind(node)
+        .bind(&ids)
         .fetch_all(self.pool)
         .await?;
         let mut by_node: HashMap<String, Vec<Span>> = HashMap::new();

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weir_core::config::nonzero_duration;
 use weir_core::{ConfigError, Validate};
 
 /// Settings of a consumer group member.
@@ -78,9 +79,33 @@ impl Validate for ConsumerConfig {
                 "must be between 1s and 5m",
             ));
         }
+        // Zero would retry a paused batch in a busy loop against a store
+        // that is down.
+        if self.retry_backoff_max < Duration::from_millis(10) {
+            return Err(ConfigError::new(
+                "consumer.retry_backoff_max",
+                "must be at least 10ms",
+            ));
+        }
+        nonzero_duration("consumer.drain_timeout", self.drain_timeout)?;
+        // A dead letter carries the payload plus headers; it must fit in
+        // Kafka's default message limit (1 MiB), or the dead-letter topic
+        // itself refuses it and the partition stops.
+        if !(1..=DLQ_PAYLOAD_LIMIT).contains(&self.dlq_max_payload) {
+            return Err(ConfigError::new(
+                "consumer.dlq_max_payload",
+                format!(
+                    "must be between 1 and {DLQ_PAYLOAD_LIMIT} bytes (the dead letter, with its headers, must fit Kafka's default 1 MiB message limit)"
+                ),
+            ));
+        }
         Ok(())
     }
 }
+
+/// Largest `consumer.dlq_max_payload`: Kafka's default `message.max.bytes`
+/// (1 MiB) less room for the dead letter's headers.
+pub const DLQ_PAYLOAD_LIMIT: usize = 1_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -89,7 +114,28 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_each_bound_names_its_key() {
         assert_eq!(ConsumerConfig::default().validate(), Ok(()));
-        let cases: [(&str, ConsumerConfig); 3] = [
+        let cases: [(&str, ConsumerConfig); 6] = [
+            (
+                "consumer.retry_backoff_max",
+                ConsumerConfig {
+                    retry_backoff_max: Duration::ZERO,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.dlq_max_payload",
+                ConsumerConfig {
+                    dlq_max_payload: 8 * 1024 * 1024,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.drain_timeout",
+                ConsumerConfig {
+                    drain_timeout: Duration::ZERO,
+                    ..ConsumerConfig::default()
+                },
+            ),
             (
                 "consumer.batch_max_records",
                 ConsumerConfig {
