@@ -9,9 +9,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::HealthEvent;
-use weir_testkit::{eventually, free_addr, stack, unique, PrivateService, Proc, TestWorld};
+use weir_testkit::{eventually, stack, unique, PrivateService, Proc, TestWorld};
 
-use crate::{get_json, run_weir, weir};
+use crate::{get_json, run_weir, weir, Center};
 
 async fn total_reports(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(reports)::bigint FROM servers")
@@ -27,17 +27,12 @@ async fn agent_to_center_end_to_end() {
     let world = TestWorld::create(3).await;
     let db = &world.db;
     let base = world.env();
-    let center_addr = free_addr();
     let node = unique("e2e-node");
 
     let mut c1 = Proc::spawn("consumer-1", weir(), &["consume", "health"], &base);
     let mut c2 = Proc::spawn("consumer-2", weir(), &["consume", "health"], &base);
-    let mut center = Proc::spawn(
-        "center",
-        weir(),
-        &["center"],
-        &world.env_with(&[("WEIR_CENTER_ADDR", &center_addr.to_string())]),
-    );
+    let mut center = Center::start(&base).await;
+    let center_addr = center.addr;
     let api = format!("http://{center_addr}/api/v1");
     eventually(Duration::from_secs(30), "center ready", || {
         let url = format!("http://{center_addr}/readyz");
@@ -211,7 +206,7 @@ async fn agent_to_center_end_to_end() {
         "{bad}"
     );
 
-    for p in [&mut c1, &mut c2, &mut center] {
+    for p in [&mut c1, &mut c2, &mut center.proc] {
         let st = p
             .terminate(Duration::from_secs(30))
             .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", p.name));
@@ -392,16 +387,8 @@ fn bad_flags_and_config_exit_2_with_one_line_naming_the_key() {
 async fn center_answers_503_while_redis_is_down_and_recovers() {
     let mut redis = PrivateService::start("redis");
     let world = TestWorld::create(1).await;
-    let addr = free_addr();
-    let _center = Proc::spawn(
-        "center",
-        weir(),
-        &["center"],
-        &world.env_with(&[
-            ("WEIR_REDIS_URL", &redis.url()),
-            ("WEIR_CENTER_ADDR", &addr.to_string()),
-        ]),
-    );
+    let center = Center::start(&world.env_with(&[("WEIR_REDIS_URL", &redis.url())])).await;
+    let addr = center.addr;
     let url = format!("http://{addr}/api/v1/nodes");
     let (_, body) = eventually(Duration::from_secs(30), "center up", || {
         let url = url.clone();

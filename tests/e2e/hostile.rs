@@ -19,9 +19,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weir_testkit::{eventually, free_addr, Proc, TestWorld};
+use weir_testkit::TestWorld;
 
-use crate::{weir, weir_config};
+use crate::{weir_config, Center};
 
 /// A listener that accepts connections and never answers: a Redis that is
 /// black-holed (a firewall dropping replies, a hung server), not refused.
@@ -44,42 +44,33 @@ async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const ANSWER_BOUND: Duration = Duration::from_millis(2500);
 
-/// `weir center` on the world with Redis black-holed; its address, once it
-/// listens.
+/// `weir center` on the world with its Redis black-holed (the hole lives as
+/// long as the returned task), and a client that waits long enough to see
+/// how long an answer takes.
 async fn center_with_black_holed_redis(
     world: &TestWorld,
-    hole: std::net::SocketAddr,
-) -> (std::net::SocketAddr, Proc) {
-    let addr = free_addr();
-    let center = Proc::spawn(
-        "center",
-        weir(),
-        &["center"],
-        &world.env_with(&[
-            ("WEIR_REDIS_URL", &format!("redis://{hole}/")),
-            (
-                "WEIR_REDIS_TIMEOUT",
-                &format!("{}ms", REDIS_TIMEOUT.as_millis()),
-            ),
-            ("WEIR_CENTER_ADDR", &addr.to_string()),
-        ]),
-    );
-    eventually(Duration::from_secs(30), "center listening", || async move {
-        reqwest::get(format!("http://{addr}/livez")).await.ok()
-    })
+) -> (Center, reqwest::Client, tokio::task::JoinHandle<()>) {
+    let (hole, task) = black_hole().await;
+    let center = Center::start(&world.env_with(&[
+        ("WEIR_REDIS_URL", &format!("redis://{hole}/")),
+        (
+            "WEIR_REDIS_TIMEOUT",
+            &format!("{}ms", REDIS_TIMEOUT.as_millis()),
+        ),
+    ]))
     .await;
-    (addr, center)
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    (center, http, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_answers_503_promptly_with_redis_black_holed() {
     let world = TestWorld::create(1).await;
-    let (hole, _task) = black_hole().await;
-    let (addr, _center) = center_with_black_holed_redis(&world, hole).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
+    let (center, http, _hole) = center_with_black_holed_redis(&world).await;
+    let addr = center.addr;
     for path in ["nodes", "fleet", "nodes/x"] {
         let t = Instant::now();
         let r = http
@@ -160,25 +151,9 @@ async fn uptime_answer_problem(
 }
 
 /// A center on the world; its uptime URL and an HTTP client.
-async fn uptime_api(world: &TestWorld) -> (String, reqwest::Client, Proc) {
-    let addr = free_addr();
-    let center = Proc::spawn(
-        "center",
-        weir(),
-        &["center"],
-        &world.env_with(&[("WEIR_CENTER_ADDR", &addr.to_string())]),
-    );
-    let api = format!("http://{addr}/api/v1/uptime");
-    eventually(Duration::from_secs(30), "center answers", || {
-        let url = format!("{api}?node=x");
-        async move {
-            reqwest::get(url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
+async fn uptime_api(world: &TestWorld) -> (String, reqwest::Client, Center) {
+    let center = Center::start(&world.env()).await;
+    let api = format!("http://{}/api/v1/uptime", center.addr);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -219,9 +194,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 use weir_schemas::{AccessEvent, HealthEvent};
-use weir_testkit::{read_dead_letters, unique, DeadLetter};
+use weir_testkit::{read_dead_letters, unique, DeadLetter, Proc};
 
-use crate::Edge;
+use crate::{weir, Edge};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -856,12 +831,8 @@ impl Drop for GroupName {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_answers_20_concurrent_requests_promptly_with_redis_black_holed() {
     let world = TestWorld::create(1).await;
-    let (hole, _task) = black_hole().await;
-    let (addr, _center) = center_with_black_holed_redis(&world, hole).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
+    let (center, http, _hole) = center_with_black_holed_redis(&world).await;
+    let addr = center.addr;
     let url = format!("http://{addr}/api/v1/nodes");
     let t = Instant::now();
     let answers = futures::future::join_all((0..20).map(|_| {

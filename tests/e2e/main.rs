@@ -90,6 +90,30 @@ pub fn weir_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// A running `weir center` on its own port.
+pub struct Center {
+    /// API address.
+    pub addr: SocketAddr,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Center {
+    /// Spawns `weir center` with `env` plus its own address, and waits until
+    /// it listens (`/livez`; readiness is each test's business).
+    pub async fn start(env: &[(String, String)]) -> Center {
+        let addr = free_addr();
+        let mut env = env.to_vec();
+        env.push(("WEIR_CENTER_ADDR".into(), addr.to_string()));
+        let proc = Proc::spawn("center", weir(), &["center"], &env);
+        eventually(Duration::from_secs(30), "center listening", || async move {
+            reqwest::get(format!("http://{addr}/livez")).await.ok()
+        })
+        .await;
+        Center { addr, proc }
+    }
+}
+
 /// A running `weir edge` with its own client and admin ports and disk tier
 /// (removed on drop).
 pub struct Edge {
