@@ -124,13 +124,18 @@ pub fn decode<E: Event>(payload: Option<&[u8]>) -> Result<E, DecodeError> {
             limit: MAX_EVENT_BYTES,
         });
     }
-    let event: E = serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => DecodeError::Schema(e.to_string()),
-            Category::Syntax | Category::Eof | Category::Io => DecodeError::NotJson(e.to_string()),
-        }
-    })?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let event: E = object(&mut de)
+        .and_then(|e| de.end().map(|()| e))
+        .map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => DecodeError::Schema(e.to_string()),
+                Category::Syntax | Category::Eof | Category::Io => {
+                    DecodeError::NotJson(e.to_string())
+                }
+            }
+        })?;
     if event.schema_version() > E::SCHEMA_VERSION {
         return Err(DecodeError::UnsupportedVersion {
             found: event.schema_version(),
@@ -198,4 +203,105 @@ pub(crate) fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result
         return Err(format!("{field} = {value} is outside {min}..={max}"));
     }
     Ok(())
+}
+
+/// Deserializes `T` from a JSON object only. serde's derived structs also
+/// accept a JSON array of their fields in order (`"load_avg": [1, 2, 3]`),
+/// which the JSON Schema files refuse; every struct of the wire format is
+/// read through this so that the Rust decoder and the schemas agree.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+}
+
+/// [`object`] for each element of an array.
+pub(crate) fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Elements<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Elements<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of objects")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(Object(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Elements(std::marker::PhantomData))
+}
+
+/// One element read through [`object`].
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(Object)
+    }
+}
+
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+#[cfg(test)]
+mod object_only_tests {
+    use crate::{decode, DecodeError, HealthEvent};
+
+    #[test]
+    fn structs_are_read_from_objects_only() {
+        let ev = HealthEvent::example("n", 1, chrono::Utc::now());
+        let good = serde_json::to_value(&ev).expect("json");
+        let ok = serde_json::to_vec(&good).expect("bytes");
+        assert!(decode::<HealthEvent>(Some(&ok)).is_ok());
+        for (field, v) in [
+            ("load_avg", serde_json::json!([1, 2, 3])),
+            ("ips", serde_json::json!([[], [], []])),
+            ("interfaces", serde_json::json!([["eth0", 1, 2, null]])),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = v;
+            let bytes = serde_json::to_vec(&bad).expect("bytes");
+            assert!(
+                matches!(
+                    decode::<HealthEvent>(Some(&bytes)),
+                    Err(DecodeError::Schema(_))
+                ),
+                "{field} as an array was accepted"
+            );
+        }
+        // The whole event as an array of its fields.
+        let fields: Vec<serde_json::Value> = good
+            .as_object()
+            .expect("object")
+            .values()
+            .cloned()
+            .collect();
+        let bytes = serde_json::to_vec(&fields).expect("bytes");
+        assert!(decode::<HealthEvent>(Some(&bytes)).is_err());
+        // Trailing garbage after the object is not JSON.
+        let mut trailing = ok.clone();
+        trailing.extend_from_slice(b" {}");
+        assert!(matches!(
+            decode::<HealthEvent>(Some(&trailing)),
+            Err(DecodeError::NotJson(_))
+        ));
+    }
 }

@@ -48,12 +48,15 @@ pub struct HealthEvent {
     /// Available memory in MiB.
     pub memory_free_mb: u64,
     /// Load averages over 1, 5 and 15 minutes.
+    #[serde(deserialize_with = "crate::codec::object")]
     pub load_avg: LoadAverage,
     /// Whole-host CPU usage in percent (0–100).
     pub cpu_usage_pct: f32,
     /// Per-interface throughput since the previous sample.
+    #[serde(deserialize_with = "crate::codec::objects")]
     pub interfaces: Vec<InterfaceStats>,
     /// Addresses of the node.
+    #[serde(deserialize_with = "crate::codec::object")]
     pub ips: IpAddresses,
     /// Host uptime in seconds.
     pub uptime_secs: u64,
