@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use weir_schemas::{decode, DecodeError, Event};
 
-use super::Record;
+use super::{Record, StoreError};
 
 /// Below this many records a batch is decoded on the loop's own thread; above
 /// it, half of it is decoded on a blocking thread at the same time (decoding
@@ -21,15 +21,74 @@ pub(crate) struct RawRecord {
     pub timestamp: Option<i64>,
 }
 
-/// A record that failed to decode, kept until it is durable in the DLQ.
+/// Why a record is dead-lettered.
+#[derive(Debug)]
+pub(crate) enum DeadCause {
+    /// It is not an event (see [`DecodeError::reason`]).
+    Decode(DecodeError),
+    /// A store refused it for what it is (a poison record).
+    Rejected {
+        /// `postgres`, `redis`, or an aggregator's own store.
+        store: &'static str,
+        /// PostgreSQL's SQLSTATE, when it gave one.
+        sqlstate: Option<String>,
+        /// The store's message.
+        message: String,
+    },
+}
+
+impl DeadCause {
+    /// The reason header (`not_json`, …, `store_rejected`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DeadCause::Decode(e) => e.reason(),
+            DeadCause::Rejected { .. } => "store_rejected",
+        }
+    }
+
+    /// The detail header.
+    pub fn detail(&self) -> String {
+        match self {
+            DeadCause::Decode(e) => e.to_string(),
+            DeadCause::Rejected { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// A record that will be dead-lettered, kept until it is durable in the DLQ.
+/// Its payload holds at most `consumer.dlq_max_payload` bytes.
 pub(crate) struct DeadRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub original_size: usize,
-    pub error: DecodeError,
+    pub cause: DeadCause,
     pub timestamp: Option<i64>,
+}
+
+impl DeadRecord {
+    /// A decoded record that a store refused: its event is encoded again
+    /// (the received bytes were dropped after decoding; unknown fields of
+    /// a newer producer are lost) and its key is the event's key.
+    pub fn rejected<E: Event>(r: &Record<E>, e: &StoreError, dlq_max_payload: usize) -> Self {
+        let mut payload = serde_json::to_vec(&r.event).unwrap_or_default();
+        let original_size = payload.len();
+        payload.truncate(dlq_max_payload);
+        DeadRecord {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.event.key().map(|k| k.as_bytes().to_vec()),
+            payload,
+            original_size,
+            cause: DeadCause::Rejected {
+                store: e.store(),
+                sqlstate: e.sqlstate(),
+                message: e.to_string(),
+            },
+            timestamp: None,
+        }
+    }
 }
 
 /// Decodes raw records in order; failures become dead letters.
@@ -56,7 +115,7 @@ pub(crate) fn decode_all<E: Event>(
                     key: r.key,
                     payload,
                     original_size,
-                    error,
+                    cause: DeadCause::Decode(error),
                     timestamp: r.timestamp,
                 });
             }
@@ -95,6 +154,9 @@ pub(crate) struct Batch<E> {
     pub records: Vec<Record<E>>,
     pub dead: Vec<DeadRecord>,
     pub dead_sent: bool,
+    /// Poison records a store refused, isolated from the batch.
+    pub rejected: Vec<DeadRecord>,
+    pub rejected_sent: bool,
     /// Per partition: (offset stored before the batch, next offset after it).
     pub ranges: BTreeMap<i32, (Option<i64>, i64)>,
 }
@@ -106,16 +168,43 @@ impl<E> Batch<E> {
             records: Vec::new(),
             dead: Vec::new(),
             dead_sent: false,
+            rejected: Vec::new(),
+            rejected_sent: false,
             ranges: BTreeMap::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.raw.len() + self.records.len() + self.dead.len()
+        self.raw.len() + self.records.len() + self.dead.len() + self.rejected.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
+    }
+
+    /// Moves the records at `poison` (indices into `records`, ascending)
+    /// out of the batch into its rejected dead letters.
+    pub fn reject(&mut self, poison: Vec<(usize, StoreError)>, dlq_max_payload: usize)
+    where
+        E: Event,
+    {
+        let mut at = poison.into_iter().peekable();
+        let mut kept = Vec::with_capacity(self.records.len());
+        for (i, r) in std::mem::take(&mut self.records).into_iter().enumerate() {
+            match at.next_if(|(j, _)| *j == i) {
+                Some((_, e)) => self
+                    .rejected
+                    .push(DeadRecord::rejected(&r, &e, dlq_max_payload)),
+                None => kept.push(r),
+            }
+        }
+        self.records = kept;
+        self.rejected_sent = false;
+    }
+
+    /// Every dead letter of the batch: undecodable, then rejected.
+    pub fn dead_letters(&self) -> impl Iterator<Item = &DeadRecord> {
+        self.dead.iter().chain(&self.rejected)
     }
 
     /// Whether the batch reached its bound and must be applied now.
@@ -153,6 +242,7 @@ impl<E> Batch<E> {
         self.raw.retain(|r| r.partition != p);
         self.records.retain(|r| r.partition != p);
         self.dead.retain(|r| r.partition != p);
+        self.rejected.retain(|r| r.partition != p);
         self.ranges.remove(&p);
     }
 }
@@ -212,6 +302,6 @@ mod tests {
             (dead[0].offset, dead[0].payload.len(), dead[0].original_size),
             (1, 10, 100)
         );
-        assert_eq!(dead[0].error.reason(), "not_json");
+        assert_eq!(dead[0].cause.reason(), "not_json");
     }
 }

@@ -17,7 +17,7 @@ use weir_core::{InternalEvent, InternalEventHandle};
 use weir_producers::{EventProducer, KafkaConfig};
 
 use super::batch::{decode_parallel, Batch, RawRecord};
-use super::dead_letters::DeadLetters;
+use super::dead_letters::{Bisect, DeadLetters};
 use super::events::{
     CommittedBatch, ConsumeFailed, Gap, MemberEvents, MemberStarted, RecordDeadLettered,
     SeekFailed, StoreFailure,
@@ -367,21 +367,22 @@ impl<A: Aggregator> GroupRuntime<A> {
                     debug!(error = %e, "async commit to Kafka failed (PostgreSQL holds the truth)");
                 }
                 report.applied += batch.records.len() as u64;
-                report.dead_lettered += batch.dead.len() as u64;
+                let dead_lettered = batch.dead.len() + batch.rejected.len();
+                report.dead_lettered += dead_lettered as u64;
                 report.batches += 1;
-                for d in &batch.dead {
+                for d in batch.dead_letters() {
                     RecordDeadLettered {
                         group: self.group(),
                         partition: d.partition,
                         offset: d.offset,
-                        reason: d.error.reason(),
-                        detail: &d.error.to_string(),
+                        reason: d.cause.reason(),
+                        detail: &d.cause.detail(),
                     }
                     .emit();
                 }
                 self.events.committed.emit(CommittedBatch {
                     records: batch.records.len(),
-                    dead_lettered: batch.dead.len(),
+                    dead_lettered,
                     seconds: done.seconds,
                 });
             }
@@ -574,22 +575,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         };
         let seconds = started.elapsed().as_secs_f64();
         if matches!(outcome, Applied::Committed) {
-            // Effects outside PostgreSQL, retried until they land (or shutdown).
-            let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
-            while let Err(e) = self.aggregator.publish(&batch.records).await {
-                store_errors += 1;
-                if shutdown.is_cancelled() {
-                    self.store_failed(
-                        &e,
-                        "live state not published at shutdown; the next reports will refresh it",
-                        None,
-                    );
-                    break;
-                }
-                let pause = backoff.next_delay();
-                self.store_failed(&e, "publishing live state failed; pausing", Some(pause));
-                tokio::time::sleep(pause).await;
-            }
+            store_errors += self.publish(&mut batch, &shutdown).await;
         }
         AppliedBatch {
             batch,
@@ -610,13 +596,48 @@ impl<A: Aggregator> GroupRuntime<A> {
     }
 
     async fn try_apply(&self, batch: &mut Batch<A::Event>) -> Result<ApplyOutcome, StoreError> {
-        if !batch.dead.is_empty() && !batch.dead_sent {
+        if !batch.dead_sent {
             self.dead_letters.send(&batch.dead).await?;
             batch.dead_sent = true;
         }
         let mut tx = self.pool.begin().await?;
         if !batch.records.is_empty() {
-            self.aggregator.apply(&mut tx, &batch.records).await?;
+            if let Err(e) = self.aggregator.apply(&mut tx, &batch.records).await {
+                if e.class() != FailureClass::Poison {
+                    return Err(e);
+                }
+                // A record the store refuses for what it is: find it (them)
+                // by applying the batch again in halves, each under a
+                // savepoint, and apply everything else.
+                self.store_failed(
+                    &e,
+                    "store rejected the batch; isolating the records at fault",
+                    None,
+                );
+                tx.rollback().await?;
+                tx = self.pool.begin().await?;
+                let mut bisect = Bisect::new(batch.records.len());
+                while let Some(part) = bisect.next_part() {
+                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                    let res = self
+                        .aggregator
+                        .apply(&mut savepoint, &batch.records[part.clone()])
+                        .await;
+                    match res {
+                        Ok(()) => savepoint.commit().await?,
+                        Err(e) => {
+                            savepoint.rollback().await?;
+                            bisect.failed(part, e)?;
+                        }
+                    }
+                }
+                batch.reject(bisect.into_poison(), self.cfg.dlq_max_payload);
+            }
+        }
+        // Poison records are durable in the DLQ before their offsets move.
+        if !batch.rejected_sent {
+            self.dead_letters.send(&batch.rejected).await?;
+            batch.rejected_sent = true;
         }
         for (p, (stored, next)) in &batch.ranges {
             if !self.offsets.advance(&mut tx, *p, *stored, *next).await? {
@@ -626,5 +647,63 @@ impl<A: Aggregator> GroupRuntime<A> {
         }
         tx.commit().await?;
         Ok(ApplyOutcome::Committed)
+    }
+
+    /// Effects outside PostgreSQL, after the commit: retried while the
+    /// store is unavailable (until shutdown); records it refuses are
+    /// isolated like in the transaction and dead-lettered (their PostgreSQL
+    /// effects are committed). Returns the failed attempts.
+    async fn publish(&self, batch: &mut Batch<A::Event>, shutdown: &CancellationToken) -> u64 {
+        let mut failures = 0;
+        let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
+        loop {
+            let result = match self.aggregator.publish(&batch.records).await {
+                Ok(()) => return failures,
+                Err(e) if e.class() == FailureClass::Poison => {
+                    failures += 1;
+                    self.store_failed(
+                        &e,
+                        "store rejected live state; isolating the records at fault",
+                        None,
+                    );
+                    let mut bisect = Bisect::new(batch.records.len());
+                    let mut res = Ok(());
+                    while let Some(part) = bisect.next_part() {
+                        if let Err(e) = self.aggregator.publish(&batch.records[part.clone()]).await
+                        {
+                            res = bisect.failed(part, e);
+                            if res.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    res.map(|()| bisect.into_poison())
+                }
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(poison) => {
+                    let before = batch.rejected.len();
+                    batch.reject(poison, self.cfg.dlq_max_payload);
+                    match self.dead_letters.send(&batch.rejected[before..]).await {
+                        Ok(()) => return failures,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if shutdown.is_cancelled() {
+                self.store_failed(
+                    &e,
+                    "live state not published at shutdown; the next reports will refresh it",
+                    None,
+                );
+                return failures;
+            }
+            let pause = backoff.next_delay();
+            self.store_failed(&e, "publishing live state failed; pausing", Some(pause));
+            tokio::time::sleep(pause).await;
+        }
     }
 }
