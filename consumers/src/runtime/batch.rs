@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use weir_schemas::{decode, DecodeError, Event};
+use weir_schemas::{decode, DecodeError, Event, MAX_EVENT_BYTES};
 
 use super::{Record, StoreError};
 
@@ -18,7 +18,45 @@ pub(crate) struct RawRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// The payload's size as received (`payload` may hold less, see
+    /// [`RawRecord::received`]).
+    pub size: usize,
     pub timestamp: Option<i64>,
+}
+
+impl RawRecord {
+    /// Copies a received record out of librdkafka's buffer. A payload larger
+    /// than any event ([`MAX_EVENT_BYTES`]) will be dead-lettered without
+    /// being parsed: only the part the dead letter keeps
+    /// (`dlq_max_payload`) is copied.
+    pub fn received(
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp: Option<i64>,
+        dlq_max_payload: usize,
+    ) -> Self {
+        let size = payload.map_or(0, <[u8]>::len);
+        let keep = if size > MAX_EVENT_BYTES {
+            dlq_max_payload
+        } else {
+            size
+        };
+        RawRecord {
+            partition,
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(|p| p[..keep.min(p.len())].to_vec()),
+            size,
+            timestamp,
+        }
+    }
+
+    /// Bytes this record holds in memory.
+    pub fn held_bytes(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// Why a record is dead-lettered.
@@ -99,7 +137,15 @@ pub(crate) fn decode_all<E: Event>(
     let mut records = Vec::with_capacity(raw.len());
     let mut dead = Vec::new();
     for r in raw {
-        match decode::<E>(r.payload.as_deref()) {
+        let decoded = if r.size > MAX_EVENT_BYTES {
+            Err(DecodeError::TooLarge {
+                size: r.size,
+                limit: MAX_EVENT_BYTES,
+            })
+        } else {
+            decode::<E>(r.payload.as_deref())
+        };
+        match decoded {
             Ok(event) => records.push(Record {
                 partition: r.partition,
                 offset: r.offset,
@@ -107,7 +153,7 @@ pub(crate) fn decode_all<E: Event>(
             }),
             Err(error) => {
                 let mut payload = r.payload.unwrap_or_default();
-                let original_size = payload.len();
+                let original_size = r.size;
                 payload.truncate(dlq_max_payload);
                 dead.push(DeadRecord {
                     partition: r.partition,
@@ -159,6 +205,8 @@ pub(crate) struct Batch<E> {
     pub rejected_sent: bool,
     /// Per partition: (offset stored before the batch, next offset after it).
     pub ranges: BTreeMap<i32, (Option<i64>, i64)>,
+    /// Bytes of keys and payloads received into the batch.
+    pub bytes: usize,
 }
 
 impl<E> Batch<E> {
@@ -171,6 +219,7 @@ impl<E> Batch<E> {
             rejected: Vec::new(),
             rejected_sent: false,
             ranges: BTreeMap::new(),
+            bytes: 0,
         }
     }
 
@@ -207,9 +256,11 @@ impl<E> Batch<E> {
         self.dead.iter().chain(&self.rejected)
     }
 
-    /// Whether the batch reached its bound and must be applied now.
-    pub fn is_full(&self, max_records: usize) -> bool {
-        self.len() >= max_records
+    /// Whether the batch reached one of its bounds (records, bytes
+    /// received) and must be applied now. A single record larger than the
+    /// byte bound still makes a batch of its own.
+    pub fn is_full(&self, max_records: usize, max_bytes: usize) -> bool {
+        self.len() >= max_records || self.bytes >= max_bytes
     }
 
     /// Adds a received record and extends its partition's range.
@@ -219,6 +270,7 @@ impl<E> Batch<E> {
             .entry(raw.partition)
             .or_insert((stored, raw.offset));
         entry.1 = raw.offset + 1;
+        self.bytes += raw.held_bytes();
         self.raw.push(raw);
     }
 
@@ -254,13 +306,7 @@ mod tests {
     use weir_schemas::AccessEvent;
 
     fn raw(partition: i32, offset: i64, payload: &[u8]) -> RawRecord {
-        RawRecord {
-            partition,
-            offset,
-            key: None,
-            payload: Some(payload.to_vec()),
-            timestamp: None,
-        }
+        RawRecord::received(partition, offset, None, Some(payload), None, 10)
     }
 
     #[test]
@@ -281,10 +327,39 @@ mod tests {
     fn a_batch_is_full_at_its_record_bound() {
         let mut b: Batch<AccessEvent> = Batch::new();
         for o in 0..3 {
-            assert!(!b.is_full(3));
+            assert!(!b.is_full(3, usize::MAX));
             b.push(None, raw(0, o, b"x"));
         }
-        assert!(b.is_full(3));
+        assert!(b.is_full(3, usize::MAX));
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_byte_bound() {
+        let mut b: Batch<AccessEvent> = Batch::new();
+        let kib = vec![b'x'; 1024];
+        for o in 0..4 {
+            assert!(!b.is_full(5000, 4096), "{} bytes", b.bytes);
+            b.push(None, raw(0, o, &kib));
+        }
+        assert!(b.is_full(5000, 4096));
+        // One record above the bound is a batch of its own.
+        let mut one: Batch<AccessEvent> = Batch::new();
+        one.push(None, raw(0, 0, &vec![b'x'; 100_000]));
+        assert!(one.is_full(5000, 4096));
+    }
+
+    #[test]
+    fn a_record_too_large_to_be_an_event_is_copied_only_up_to_the_dead_letter_cap() {
+        let huge = vec![b'{'; MAX_EVENT_BYTES + 1];
+        let r = RawRecord::received(0, 7, Some(b"k"), Some(&huge), None, 1000);
+        assert_eq!((r.size, r.held_bytes()), (MAX_EVENT_BYTES + 1, 1001));
+        let (records, dead) = decode_all::<AccessEvent>(vec![r], 1000);
+        assert!(records.is_empty());
+        assert_eq!(dead[0].cause.reason(), "too_large");
+        assert_eq!(
+            (dead[0].payload.len(), dead[0].original_size),
+            (1000, MAX_EVENT_BYTES + 1)
+        );
     }
 
     #[test]

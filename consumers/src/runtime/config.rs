@@ -5,6 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use weir_core::{ConfigError, Validate};
 
+/// Largest `consumer.dlq_max_payload`: a dead letter, with its headers,
+/// must fit Kafka's default message limit (`message.max.bytes`, 1 048 588).
+pub const DLQ_PAYLOAD_LIMIT: usize = 1_000_000;
+
 /// Settings of a consumer group member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -13,6 +17,11 @@ pub struct ConsumerConfig {
     pub group: String,
     /// Largest batch, in records.
     pub batch_max_records: usize,
+    /// Largest batch, in bytes of keys and payloads received: bounds a
+    /// member's memory when records are large (5 000 records of 1 MiB would
+    /// otherwise make a 5 GiB batch, twice with pipelining). A single larger
+    /// record still makes a batch of its own.
+    pub batch_max_bytes: usize,
     /// Longest a batch waits to fill once its first record arrived: bounds
     /// latency at low traffic.
     #[serde(with = "humantime_serde")]
@@ -37,6 +46,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             group: String::new(),
             batch_max_records: 5000,
+            batch_max_bytes: 16 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(5),
@@ -65,6 +75,12 @@ impl Validate for ConsumerConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.batch_max_bytes) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_bytes",
+                "must be between 64 KiB (65536) and 1 GiB (1073741824)",
+            ));
+        }
         if self.batch_max_wait > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "consumer.batch_max_wait",
@@ -78,6 +94,13 @@ impl Validate for ConsumerConfig {
                 "must be between 1s and 5m",
             ));
         }
+        weir_core::config::nonzero_duration("consumer.retry_backoff_max", self.retry_backoff_max)?;
+        if !(1..=DLQ_PAYLOAD_LIMIT).contains(&self.dlq_max_payload) {
+            return Err(ConfigError::new(
+                "consumer.dlq_max_payload",
+                format!("must be between 1 and {DLQ_PAYLOAD_LIMIT} bytes (a dead letter, headers included, must fit Kafka's default message limit of 1048588 bytes)"),
+            ));
+        }
         Ok(())
     }
 }
@@ -89,7 +112,28 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_each_bound_names_its_key() {
         assert_eq!(ConsumerConfig::default().validate(), Ok(()));
-        let cases: [(&str, ConsumerConfig); 3] = [
+        let cases: [(&str, ConsumerConfig); 6] = [
+            (
+                "consumer.batch_max_bytes",
+                ConsumerConfig {
+                    batch_max_bytes: 1000,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.retry_backoff_max",
+                ConsumerConfig {
+                    retry_backoff_max: Duration::ZERO,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.dlq_max_payload",
+                ConsumerConfig {
+                    dlq_max_payload: 0,
+                    ..ConsumerConfig::default()
+                },
+            ),
             (
                 "consumer.batch_max_records",
                 ConsumerConfig {

@@ -269,7 +269,9 @@ impl<A: Aggregator> GroupRuntime<A> {
                 _ = shutdown.cancelled() => break 'outer,
                 done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
-                    this.finish(&consumer, &mut owned, &mut report, done);
+                    // Nothing collected yet: a lost partition is simply
+                    // reloaded when its next record arrives.
+                    let _lost = this.finish(&consumer, &mut owned, &mut report, done);
                     progress.on_commit(this.group(), &mut report);
                     continue;
                 }
@@ -279,7 +281,9 @@ impl<A: Aggregator> GroupRuntime<A> {
             this.take(&consumer, first, &mut owned, &mut batch, &mut report)
                 .await;
             let deadline = tokio::time::Instant::now() + this.cfg.batch_max_wait;
-            while !batch.is_full(this.cfg.batch_max_records) && !shutdown.is_cancelled() {
+            while !batch.is_full(this.cfg.batch_max_records, this.cfg.batch_max_bytes)
+                && !shutdown.is_cancelled()
+            {
                 let m = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
@@ -301,10 +305,18 @@ impl<A: Aggregator> GroupRuntime<A> {
             // applied: its offsets are this batch's fence.
             if let Some(h) = inflight.take() {
                 let done = h.await;
-                this.finish(&consumer, &mut owned, &mut report, done);
+                let lost = this.finish(&consumer, &mut owned, &mut report, done);
                 progress.on_commit(this.group(), &mut report);
-                // It may have been abandoned: then this batch's view of those
-                // partitions is stale too and its fence will fail.
+                // It was fenced or abandoned: this batch read those
+                // partitions' offsets while it was in flight, so its view of
+                // them is stale and its fence would fail too. Drop them; their
+                // next records reload the stored offsets and seek.
+                for p in lost {
+                    batch.drop_partition(p);
+                }
+                if batch.is_empty() {
+                    continue;
+                }
             }
             // Optimistically, this batch's offsets are the next fence.
             for (p, (_, next)) in &batch.ranges {
@@ -325,7 +337,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         }
         if let Some(h) = inflight.take() {
             let done = h.await;
-            this.finish(&consumer, &mut owned, &mut report, done);
+            let _lost = this.finish(&consumer, &mut owned, &mut report, done);
             progress.on_commit(this.group(), &mut report);
         }
         info!(group = %this.group(), applied = report.applied, dead_lettered = report.dead_lettered,
@@ -349,7 +361,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         owned: &mut HashMap<i32, PartitionState>,
         report: &mut RunReport,
         done: Result<AppliedBatch<A::Event>, tokio::task::JoinError>,
-    ) {
+    ) -> Vec<i32> {
         let done = match done {
             Ok(d) => d,
             // A panic while applying: crash, before anything else is stored.
@@ -385,19 +397,14 @@ impl<A: Aggregator> GroupRuntime<A> {
                     dead_lettered,
                     seconds: done.seconds,
                 });
+                Vec::new()
             }
             Applied::Fenced(p) => {
                 report.fenced += 1;
                 self.events.fenced.emit(p);
-                for p in batch.ranges.keys() {
-                    owned.remove(p);
-                }
+                forget(owned, &batch)
             }
-            Applied::Abandoned => {
-                for p in batch.ranges.keys() {
-                    owned.remove(p);
-                }
-            }
+            Applied::Abandoned => forget(owned, &batch),
         }
     }
 
@@ -489,9 +496,9 @@ impl<A: Aggregator> GroupRuntime<A> {
                     self.events.skipped.emit((p, o));
                 }
                 debug!(partition = p, offset = o, to, "seeking to stored offset");
-                self.seek(consumer, p, to);
+                let done = self.seek(consumer, p, to);
                 if let Some(s) = owned.get_mut(&p) {
-                    s.seeked = true;
+                    s.after_seek(done);
                 }
                 return;
             }
@@ -504,13 +511,14 @@ impl<A: Aggregator> GroupRuntime<A> {
         }
         batch.push(
             state.stored,
-            RawRecord {
-                partition: p,
-                offset: o,
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec),
-                timestamp: msg.timestamp().to_millis(),
-            },
+            RawRecord::received(
+                p,
+                o,
+                msg.key(),
+                msg.payload(),
+                msg.timestamp().to_millis(),
+                self.cfg.dlq_max_payload,
+            ),
         );
         if let Some(s) = owned.get_mut(&p) {
             s.next = o + 1;
@@ -526,20 +534,27 @@ impl<A: Aggregator> GroupRuntime<A> {
         batch.dead = dead;
     }
 
-    fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) {
-        if let Err(e) = consumer.seek(
+    /// Seeks partition `p` to `offset`; `false` when the seek failed
+    /// (librdkafka refuses one while the partition's fetcher is not
+    /// started, for example).
+    fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) -> bool {
+        match consumer.seek(
             self.topic(),
             p,
             Offset::Offset(offset),
             Duration::from_secs(5),
         ) {
-            SeekFailed {
-                group: self.group(),
-                partition: p,
-                offset,
-                error: &e.to_string(),
+            Ok(()) => true,
+            Err(e) => {
+                SeekFailed {
+                    group: self.group(),
+                    partition: p,
+                    offset,
+                    error: &e.to_string(),
+                }
+                .emit();
+                false
             }
-            .emit();
         }
     }
 
@@ -706,4 +721,14 @@ impl<A: Aggregator> GroupRuntime<A> {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// Forgets the partitions of a batch that was not committed, so that their
+/// next records reload the stored offsets and seek; returns them.
+fn forget<E>(owned: &mut HashMap<i32, PartitionState>, batch: &Batch<E>) -> Vec<i32> {
+    let lost: Vec<i32> = batch.ranges.keys().copied().collect();
+    for p in &lost {
+        owned.remove(p);
+    }
+    lost
 }
