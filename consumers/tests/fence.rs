@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgConnection;
-use tokio_util::sync::CancellationToken;
 use weir_consumers::{migrations, Aggregator, ConsumerConfig, GroupRuntime, Record, StoreError};
-use weir_core::KafkaConfig;
-use weir_producers::EventProducer;
 use weir_schemas::AccessEvent;
 use weir_testkit::{eventually, stack, unique, TestDb, TestTopics};
+
+mod support;
+use support::{kafka, produce_raw, stored, wait_stored, Member};
 
 /// Applies nothing: only the delivery matters here.
 struct Nothing;
@@ -37,15 +37,6 @@ impl Aggregator for Nothing {
     }
 }
 
-async fn stored(pool: &sqlx::PgPool, group: &str) -> Option<i64> {
-    sqlx::query_scalar("SELECT next_offset FROM consumer_offsets WHERE group_id = $1")
-        .bind(group)
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_offset_move_fences_one_batch_not_two() {
     weir_testkit::init_logs();
@@ -54,22 +45,10 @@ async fn a_foreign_offset_move_fences_one_batch_not_two() {
     let db = TestDb::create(&s).await;
     let pool = db.pool().await;
     migrations::runtime().run(&pool).await.expect("migrations");
-    let kafka = KafkaConfig {
-        brokers: s.kafka.clone(),
-        ..KafkaConfig::default()
-    };
     const N: i64 = 20_000;
-    let p = EventProducer::new(&kafka, "test").expect("producer");
     let ev = serde_json::to_vec(&AccessEvent::example("n1", 1, Utc::now())).expect("json");
-    let pending: Vec<_> = (0..N)
-        .map(|_| {
-            p.enqueue_raw(&topics.access, Some("n1"), &ev, None, "test")
-                .expect("queued")
-        })
-        .collect();
-    for d in pending {
-        d.await.expect("delivered");
-    }
+    let records: Vec<(String, Vec<u8>)> = (0..N).map(|_| ("n1".to_string(), ev.clone())).collect();
+    produce_raw(&topics.access, &records).await;
 
     let group = unique("fence");
     let runtime = GroupRuntime::builder(Nothing, &topics.access, pool.clone())
@@ -79,13 +58,11 @@ async fn a_foreign_offset_move_fences_one_batch_not_two() {
             batch_max_wait: Duration::from_millis(50),
             ..ConsumerConfig::default()
         })
-        .kafka(kafka)
+        .kafka(kafka())
         .dead_letter_topic(&topics.dlq)
         .build()
         .expect("runtime");
-    let shutdown = CancellationToken::new();
-    let s2 = shutdown.clone();
-    let member = tokio::spawn(async move { runtime.run(s2).await.expect("runs") });
+    let member = Member::spawn(runtime);
 
     eventually(Duration::from_secs(60), "a few batches committed", || {
         let (pool, group) = (pool.clone(), group.clone());
@@ -106,16 +83,8 @@ async fn a_foreign_offset_move_fences_one_batch_not_two() {
     .await
     .expect("move");
     assert_eq!(moved.rows_affected(), 1);
-    eventually(Duration::from_secs(90), "the backlog drained", || {
-        let (pool, group) = (pool.clone(), group.clone());
-        async move { (stored(&pool, &group).await == Some(N)).then_some(()) }
-    })
-    .await;
-    shutdown.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(30), member)
-        .await
-        .expect("stops")
-        .expect("task");
+    wait_stored(&pool, &group, N, Duration::from_secs(90)).await;
+    let report = member.stop().await;
     assert_eq!(report.fenced, 1, "one fence per foreign move: {report:?}");
     assert!(
         report.skipped > 0,

@@ -12,24 +12,17 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use sqlx::PgConnection;
-use tokio_util::sync::CancellationToken;
 use weir_consumers::runtime::header_text;
 use weir_consumers::{
-    migrations, AccessAggregator, Aggregator, ConsumerConfig, GroupRuntime, Record, RunReport,
-    StoreError,
+    migrations, AccessAggregator, Aggregator, ConsumerConfig, GroupRuntime, Record, StoreError,
 };
-use weir_core::{KafkaConfig, RedisConfig, RedisHandle};
-use weir_producers::EventProducer;
+use weir_core::{RedisConfig, RedisHandle};
 use weir_schemas::topics::dlq_headers;
 use weir_schemas::AccessEvent;
-use weir_testkit::{eventually, stack, unique, TestDb, TestRedis, TestTopics};
+use weir_testkit::{stack, unique, TestDb, TestRedis, TestTopics};
 
-fn kafka() -> KafkaConfig {
-    KafkaConfig {
-        brokers: stack().kafka,
-        ..KafkaConfig::default()
-    }
-}
+mod support;
+use support::{kafka, produce_raw, wait_stored, Member};
 
 /// Writes one row per record into a table whose CHECK refuses nodes named
 /// `poison…` (SQLSTATE 23514, class 23: the record's fault).
@@ -55,20 +48,6 @@ impl Aggregator for Probe {
             .execute(tx)
             .await?;
         Ok(())
-    }
-}
-
-async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
-    let p = EventProducer::new(&kafka(), "test").expect("producer");
-    let pending: Vec<_> = records
-        .iter()
-        .map(|(key, bytes)| {
-            p.enqueue_raw(topic, Some(key), bytes, None, "test")
-                .expect("queued")
-        })
-        .collect();
-    for d in pending {
-        d.await.expect("delivered");
     }
 }
 
@@ -100,17 +79,6 @@ async fn dead_letters(topic: &str, n: usize) -> Vec<(String, String, String, Str
     assert!(more.is_err(), "more dead letters than expected");
     seen.sort();
     seen
-}
-
-async fn stop(
-    shutdown: CancellationToken,
-    member: tokio::task::JoinHandle<RunReport>,
-) -> RunReport {
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), member)
-        .await
-        .expect("stops within 30 s")
-        .expect("member task")
 }
 
 fn event(node: &str, seq: u64) -> AccessEvent {
@@ -157,25 +125,8 @@ async fn a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied_once()
         .dead_letter_topic(&topics.dlq)
         .build()
         .expect("runtime");
-    let shutdown = CancellationToken::new();
-    let s2 = shutdown.clone();
-    let member = tokio::spawn(async move { runtime.run(s2).await.expect("runs") });
-
-    eventually(Duration::from_secs(60), "every offset stored", || {
-        let (pool, group) = (pool.clone(), group.clone());
-        async move {
-            let stored: Option<i64> = sqlx::query_scalar(
-                "SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE group_id = $1",
-            )
-            .bind(&group)
-            .fetch_one(&pool)
-            .await
-            .ok()
-            .flatten();
-            (stored == Some(403)).then_some(())
-        }
-    })
-    .await;
+    let member = Member::spawn(runtime);
+    wait_stored(&pool, &group, 403, Duration::from_secs(60)).await;
     let (rows, distinct, poison): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT (p, o)), count(*) FILTER (WHERE node LIKE 'poison%') FROM probe",
     )
@@ -202,7 +153,7 @@ async fn a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied_once()
         .collect();
     assert_eq!(dead, want);
 
-    let report = stop(shutdown, member).await;
+    let report = member.stop().await;
     assert_eq!((report.applied, report.dead_lettered), (400, 3));
 }
 
@@ -281,30 +232,8 @@ async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
         .dead_letter_topic(&topics.dlq)
         .build()
         .expect("runtime");
-    let shutdown = CancellationToken::new();
-    let s2 = shutdown.clone();
-    let member = tokio::spawn(async move { runtime.run(s2).await.expect("runs") });
-
-    let total = records.len() as i64;
-    eventually(
-        Duration::from_secs(60),
-        "every offset stored (no wedge)",
-        || {
-            let (pool, group) = (pool.clone(), group.clone());
-            async move {
-                let stored: Option<i64> = sqlx::query_scalar(
-                    "SELECT next_offset FROM consumer_offsets WHERE group_id = $1",
-                )
-                .bind(&group)
-                .fetch_optional(&pool)
-                .await
-                .ok()
-                .flatten();
-                (stored == Some(total)).then_some(())
-            }
-        },
-    )
-    .await;
+    let member = Member::spawn(runtime);
+    wait_stored(&pool, &group, records.len() as i64, Duration::from_secs(60)).await;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT node_id, sum(requests)::bigint FROM access_minute GROUP BY node_id")
             .fetch_all(&pool)
@@ -321,6 +250,6 @@ async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
         dead.iter().all(|d| d.0 == "invalid"),
         "refused at decode time, with a reason: {dead:?}"
     );
-    let report = stop(shutdown, member).await;
+    let report = member.stop().await;
     assert_eq!((report.applied, report.dead_lettered), (6, 6));
 }
