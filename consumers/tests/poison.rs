@@ -253,3 +253,81 @@ async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
     let report = member.stop().await;
     assert_eq!((report.applied, report.dead_lettered), (6, 6));
 }
+
+/// A Redis error reply on one node's live counters (its key holds another
+/// type) is poison too: that node's records are isolated and dead-lettered
+/// with `store = redis` after their rollups committed; the group goes on and
+/// every rollup is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_redis_refuses_is_dead_lettered_and_the_group_goes_on() {
+    weir_testkit::init_logs();
+    let s = stack();
+    let topics = TestTopics::create(&s, 1).await;
+    let db = TestDb::create(&s).await;
+    let redis = TestRedis::new(&s);
+    let pool = db.pool().await;
+    weir_consumers::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations");
+    let rcfg = RedisConfig {
+        url: redis.url.clone(),
+        key_prefix: redis.prefix.clone(),
+        ..RedisConfig::default()
+    };
+    let mut conn = redis.conn().await;
+    let _: () =
+        redis::AsyncCommands::set(&mut conn, rcfg.keys().node_rps("bad-node"), "not a hash")
+            .await
+            .expect("set");
+
+    let mut records = Vec::new();
+    for seq in 1..=8u64 {
+        let node = if seq % 4 == 0 { "bad-node" } else { "edge-a" };
+        records.push((
+            node.to_string(),
+            serde_json::to_vec(&event(node, seq)).expect("json"),
+        ));
+    }
+    produce_raw(&topics.access, &records).await;
+
+    let agg = AccessAggregator::new(
+        Arc::new(RedisHandle::new(&rcfg).expect("redis")),
+        rcfg.keys(),
+    );
+    let group = unique("access");
+    let runtime = GroupRuntime::builder(agg, &topics.access, pool.clone())
+        .config(ConsumerConfig {
+            group: group.clone(),
+            batch_max_wait: Duration::from_millis(300),
+            retry_backoff_max: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        })
+        .kafka(kafka())
+        .dead_letter_topic(&topics.dlq)
+        .build()
+        .expect("runtime");
+    let member = Member::spawn(runtime);
+    wait_stored(&pool, &group, 8, Duration::from_secs(60)).await;
+    let dead = dead_letters(&topics.dlq, 2).await;
+    let want: Vec<(String, String, String, String)> = vec![
+        (
+            "store_rejected".into(),
+            "redis".into(),
+            String::new(),
+            "bad-node".into()
+        );
+        2
+    ];
+    assert_eq!(dead, want);
+    let requests: i64 = sqlx::query_scalar("SELECT sum(requests)::bigint FROM access_minute")
+        .fetch_one(&pool)
+        .await
+        .expect("rollups");
+    assert_eq!(
+        requests, 8,
+        "every rollup committed once, before publishing"
+    );
+    let report = member.stop().await;
+    assert_eq!(report.dead_lettered, 2);
+}
