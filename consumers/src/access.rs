@@ -17,7 +17,42 @@ use weir_schemas::RedisKeys;
 /// Hot counters live this long in Redis: long enough for dashboards, short
 /// enough that Redis does not become the archive.
 const TOP_TTL_SECS: i64 = 2 * 3600;
-const RPS_TTL_SECS: i64 = 300;
+
+/// A node's requests-per-second hash keeps the seconds of this rolling
+/// window (and expires this long after its last write): one field per
+/// second for ever (about 86 000 per node per day) would make Redis the
+/// archive. A node's hash holds at most `RPS_WINDOW_SECS + RPS_AHEAD_SECS + 1`
+/// fields whatever the traffic.
+pub const RPS_WINDOW_SECS: i64 = 300;
+
+/// Seconds ahead of this process's clock still counted (clock skew between
+/// edge nodes and consumers); later ones are dropped, so that events with
+/// future timestamps cannot grow the hash either.
+pub const RPS_AHEAD_SECS: i64 = 60;
+
+/// Adds a batch's counts to one node's per-second hash and trims it to the
+/// window, in one step (inside the batch's MULTI/EXEC).
+/// KEYS[1]: the hash. ARGV[1], ARGV[2]: the oldest and newest second kept;
+/// ARGV[3]: expiry (s); then (second, count) pairs.
+const RPS_SCRIPT: &str = r#"
+local oldest, newest = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV, 2 do
+  local s = tonumber(ARGV[i])
+  if s >= oldest and s <= newest then
+    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local s = tonumber(f)
+  if s == nil or s < oldest or s > newest then
+    redis.call('HDEL', KEYS[1], f)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+"#;
 
 /// Identity of one rollup row. Borrows from the batch's events: building a
 /// key per event must not allocate (it was a tenth of a member's CPU).
@@ -223,22 +258,22 @@ impl Aggregator for AccessAggregator {
                 .arg(TOP_TTL_SECS)
                 .ignore();
         }
-        let mut nodes: Vec<&str> = Vec::new();
+        // Per node: its (second, count) pairs, then one script call that
+        // adds them and trims the hash to the window.
+        let mut per_node: FxHashMap<&str, Vec<i64>> = FxHashMap::default();
         for ((node, second), n) in rps {
-            pipe.cmd("HINCRBY")
-                .arg(self.keys.node_rps(node))
-                .arg(second)
-                .arg(n)
-                .ignore();
-            if !nodes.contains(&node) {
-                nodes.push(node);
-            }
+            per_node.entry(node).or_default().extend([second, n]);
         }
-        // One EXPIRE per node, not per (node, second).
-        for node in nodes {
-            pipe.cmd("EXPIRE")
+        let now = Utc::now().timestamp();
+        for (node, pairs) in per_node {
+            pipe.cmd("EVAL")
+                .arg(RPS_SCRIPT)
+                .arg(1)
                 .arg(self.keys.node_rps(node))
-                .arg(RPS_TTL_SECS)
+                .arg(now - RPS_WINDOW_SECS)
+                .arg(now + RPS_AHEAD_SECS)
+                .arg(RPS_WINDOW_SECS)
+                .arg(pairs)
                 .ignore();
         }
         let mut conn = self.redis.conn().await?;

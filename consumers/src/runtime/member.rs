@@ -17,7 +17,7 @@ use weir_core::{InternalEvent, InternalEventHandle};
 use weir_producers::{EventProducer, KafkaConfig};
 
 use super::batch::{decode_parallel, Batch, RawRecord};
-use super::dead_letters::DeadLetters;
+use super::dead_letters::{Bisect, DeadLetters};
 use super::events::{
     CommittedBatch, ConsumeFailed, Gap, MemberEvents, MemberStarted, RecordDeadLettered,
     SeekFailed, StoreFailure,
@@ -269,7 +269,9 @@ impl<A: Aggregator> GroupRuntime<A> {
                 _ = shutdown.cancelled() => break 'outer,
                 done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
-                    this.finish(&consumer, &mut owned, &mut report, done);
+                    // Nothing collected yet: a lost partition is simply
+                    // reloaded when its next record arrives.
+                    let _lost = this.finish(&consumer, &mut owned, &mut report, done);
                     progress.on_commit(this.group(), &mut report);
                     continue;
                 }
@@ -279,7 +281,9 @@ impl<A: Aggregator> GroupRuntime<A> {
             this.take(&consumer, first, &mut owned, &mut batch, &mut report)
                 .await;
             let deadline = tokio::time::Instant::now() + this.cfg.batch_max_wait;
-            while !batch.is_full(this.cfg.batch_max_records) && !shutdown.is_cancelled() {
+            while !batch.is_full(this.cfg.batch_max_records, this.cfg.batch_max_bytes)
+                && !shutdown.is_cancelled()
+            {
                 let m = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
@@ -301,10 +305,18 @@ impl<A: Aggregator> GroupRuntime<A> {
             // applied: its offsets are this batch's fence.
             if let Some(h) = inflight.take() {
                 let done = h.await;
-                this.finish(&consumer, &mut owned, &mut report, done);
+                let lost = this.finish(&consumer, &mut owned, &mut report, done);
                 progress.on_commit(this.group(), &mut report);
-                // It may have been abandoned: then this batch's view of those
-                // partitions is stale too and its fence will fail.
+                // It was fenced or abandoned: this batch read those
+                // partitions' offsets while it was in flight, so its view of
+                // them is stale and its fence would fail too. Drop them; their
+                // next records reload the stored offsets and seek.
+                for p in lost {
+                    batch.drop_partition(p);
+                }
+                if batch.is_empty() {
+                    continue;
+                }
             }
             // Optimistically, this batch's offsets are the next fence.
             for (p, (_, next)) in &batch.ranges {
@@ -325,7 +337,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         }
         if let Some(h) = inflight.take() {
             let done = h.await;
-            this.finish(&consumer, &mut owned, &mut report, done);
+            let _lost = this.finish(&consumer, &mut owned, &mut report, done);
             progress.on_commit(this.group(), &mut report);
         }
         info!(group = %this.group(), applied = report.applied, dead_lettered = report.dead_lettered,
@@ -349,7 +361,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         owned: &mut HashMap<i32, PartitionState>,
         report: &mut RunReport,
         done: Result<AppliedBatch<A::Event>, tokio::task::JoinError>,
-    ) {
+    ) -> Vec<i32> {
         let done = match done {
             Ok(d) => d,
             // A panic while applying: crash, before anything else is stored.
@@ -367,36 +379,32 @@ impl<A: Aggregator> GroupRuntime<A> {
                     debug!(error = %e, "async commit to Kafka failed (PostgreSQL holds the truth)");
                 }
                 report.applied += batch.records.len() as u64;
-                report.dead_lettered += batch.dead.len() as u64;
+                let dead_lettered = batch.dead.len() + batch.rejected.len();
+                report.dead_lettered += dead_lettered as u64;
                 report.batches += 1;
-                for d in &batch.dead {
+                for d in batch.dead_letters() {
                     RecordDeadLettered {
                         group: self.group(),
                         partition: d.partition,
                         offset: d.offset,
-                        reason: d.error.reason(),
-                        detail: &d.error.to_string(),
+                        reason: d.cause.reason(),
+                        detail: &d.cause.detail(),
                     }
                     .emit();
                 }
                 self.events.committed.emit(CommittedBatch {
                     records: batch.records.len(),
-                    dead_lettered: batch.dead.len(),
+                    dead_lettered,
                     seconds: done.seconds,
                 });
+                Vec::new()
             }
             Applied::Fenced(p) => {
                 report.fenced += 1;
                 self.events.fenced.emit(p);
-                for p in batch.ranges.keys() {
-                    owned.remove(p);
-                }
+                forget(owned, &batch)
             }
-            Applied::Abandoned => {
-                for p in batch.ranges.keys() {
-                    owned.remove(p);
-                }
-            }
+            Applied::Abandoned => forget(owned, &batch),
         }
     }
 
@@ -488,9 +496,9 @@ impl<A: Aggregator> GroupRuntime<A> {
                     self.events.skipped.emit((p, o));
                 }
                 debug!(partition = p, offset = o, to, "seeking to stored offset");
-                self.seek(consumer, p, to);
+                let done = self.seek(consumer, p, to);
                 if let Some(s) = owned.get_mut(&p) {
-                    s.seeked = true;
+                    s.after_seek(done);
                 }
                 return;
             }
@@ -503,13 +511,14 @@ impl<A: Aggregator> GroupRuntime<A> {
         }
         batch.push(
             state.stored,
-            RawRecord {
-                partition: p,
-                offset: o,
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec),
-                timestamp: msg.timestamp().to_millis(),
-            },
+            RawRecord::received(
+                p,
+                o,
+                msg.key(),
+                msg.payload(),
+                msg.timestamp().to_millis(),
+                self.cfg.dlq_max_payload,
+            ),
         );
         if let Some(s) = owned.get_mut(&p) {
             s.next = o + 1;
@@ -525,20 +534,27 @@ impl<A: Aggregator> GroupRuntime<A> {
         batch.dead = dead;
     }
 
-    fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) {
-        if let Err(e) = consumer.seek(
+    /// Seeks partition `p` to `offset`; `false` when the seek failed
+    /// (librdkafka refuses one while the partition's fetcher is not
+    /// started, for example).
+    fn seek(&self, consumer: &StreamConsumer<GroupContext>, p: i32, offset: i64) -> bool {
+        match consumer.seek(
             self.topic(),
             p,
             Offset::Offset(offset),
             Duration::from_secs(5),
         ) {
-            SeekFailed {
-                group: self.group(),
-                partition: p,
-                offset,
-                error: &e.to_string(),
+            Ok(()) => true,
+            Err(e) => {
+                SeekFailed {
+                    group: self.group(),
+                    partition: p,
+                    offset,
+                    error: &e.to_string(),
+                }
+                .emit();
+                false
             }
-            .emit();
         }
     }
 
@@ -574,22 +590,7 @@ impl<A: Aggregator> GroupRuntime<A> {
         };
         let seconds = started.elapsed().as_secs_f64();
         if matches!(outcome, Applied::Committed) {
-            // Effects outside PostgreSQL, retried until they land (or shutdown).
-            let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
-            while let Err(e) = self.aggregator.publish(&batch.records).await {
-                store_errors += 1;
-                if shutdown.is_cancelled() {
-                    self.store_failed(
-                        &e,
-                        "live state not published at shutdown; the next reports will refresh it",
-                        None,
-                    );
-                    break;
-                }
-                let pause = backoff.next_delay();
-                self.store_failed(&e, "publishing live state failed; pausing", Some(pause));
-                tokio::time::sleep(pause).await;
-            }
+            store_errors += self.publish(&mut batch, &shutdown).await;
         }
         AppliedBatch {
             batch,
@@ -610,13 +611,48 @@ impl<A: Aggregator> GroupRuntime<A> {
     }
 
     async fn try_apply(&self, batch: &mut Batch<A::Event>) -> Result<ApplyOutcome, StoreError> {
-        if !batch.dead.is_empty() && !batch.dead_sent {
+        if !batch.dead_sent {
             self.dead_letters.send(&batch.dead).await?;
             batch.dead_sent = true;
         }
         let mut tx = self.pool.begin().await?;
         if !batch.records.is_empty() {
-            self.aggregator.apply(&mut tx, &batch.records).await?;
+            if let Err(e) = self.aggregator.apply(&mut tx, &batch.records).await {
+                if e.class() != FailureClass::Poison {
+                    return Err(e);
+                }
+                // A record the store refuses for what it is: find it (them)
+                // by applying the batch again in halves, each under a
+                // savepoint, and apply everything else.
+                self.store_failed(
+                    &e,
+                    "store rejected the batch; isolating the records at fault",
+                    None,
+                );
+                tx.rollback().await?;
+                tx = self.pool.begin().await?;
+                let mut bisect = Bisect::new(batch.records.len());
+                while let Some(part) = bisect.next_part() {
+                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                    let res = self
+                        .aggregator
+                        .apply(&mut savepoint, &batch.records[part.clone()])
+                        .await;
+                    match res {
+                        Ok(()) => savepoint.commit().await?,
+                        Err(e) => {
+                            savepoint.rollback().await?;
+                            bisect.failed(part, e)?;
+                        }
+                    }
+                }
+                batch.reject(bisect.into_poison(), self.cfg.dlq_max_payload);
+            }
+        }
+        // Poison records are durable in the DLQ before their offsets move.
+        if !batch.rejected_sent {
+            self.dead_letters.send(&batch.rejected).await?;
+            batch.rejected_sent = true;
         }
         for (p, (stored, next)) in &batch.ranges {
             if !self.offsets.advance(&mut tx, *p, *stored, *next).await? {
@@ -627,4 +663,72 @@ impl<A: Aggregator> GroupRuntime<A> {
         tx.commit().await?;
         Ok(ApplyOutcome::Committed)
     }
+
+    /// Effects outside PostgreSQL, after the commit: retried while the
+    /// store is unavailable (until shutdown); records it refuses are
+    /// isolated like in the transaction and dead-lettered (their PostgreSQL
+    /// effects are committed). Returns the failed attempts.
+    async fn publish(&self, batch: &mut Batch<A::Event>, shutdown: &CancellationToken) -> u64 {
+        let mut failures = 0;
+        let mut backoff = Backoff::new(self.cfg.retry_backoff_max);
+        loop {
+            let result = match self.aggregator.publish(&batch.records).await {
+                Ok(()) => return failures,
+                Err(e) if e.class() == FailureClass::Poison => {
+                    failures += 1;
+                    self.store_failed(
+                        &e,
+                        "store rejected live state; isolating the records at fault",
+                        None,
+                    );
+                    let mut bisect = Bisect::new(batch.records.len());
+                    let mut res = Ok(());
+                    while let Some(part) = bisect.next_part() {
+                        if let Err(e) = self.aggregator.publish(&batch.records[part.clone()]).await
+                        {
+                            res = bisect.failed(part, e);
+                            if res.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    res.map(|()| bisect.into_poison())
+                }
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(poison) => {
+                    let before = batch.rejected.len();
+                    batch.reject(poison, self.cfg.dlq_max_payload);
+                    match self.dead_letters.send(&batch.rejected[before..]).await {
+                        Ok(()) => return failures,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if shutdown.is_cancelled() {
+                self.store_failed(
+                    &e,
+                    "live state not published at shutdown; the next reports will refresh it",
+                    None,
+                );
+                return failures;
+            }
+            let pause = backoff.next_delay();
+            self.store_failed(&e, "publishing live state failed; pausing", Some(pause));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Forgets the partitions of a batch that was not committed, so that their
+/// next records reload the stored offsets and seek; returns them.
+fn forget<E>(owned: &mut HashMap<i32, PartitionState>, batch: &Batch<E>) -> Vec<i32> {
+    let lost: Vec<i32> = batch.ranges.keys().copied().collect();
+    for p in &lost {
+        owned.remove(p);
+    }
+    lost
 }

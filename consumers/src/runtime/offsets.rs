@@ -15,7 +15,7 @@ pub struct PartitionState {
     pub stored: Option<i64>,
     /// Next offset expected from Kafka (after the records already batched).
     pub next: i64,
-    /// A seek to `next` was done; if Kafka still delivers past it, the
+    /// A seek to `next` succeeded; if Kafka still delivers past it, the
     /// records in between are gone (retention) and the gap is accepted.
     pub seeked: bool,
 }
@@ -29,6 +29,13 @@ impl PartitionState {
             next: stored.unwrap_or(first_offset),
             seeked: false,
         }
+    }
+
+    /// Records the outcome of a seek to `next`. A failed seek is not a done
+    /// one: the next record past `next` must seek again, not be taken as a
+    /// retention gap (which would skip the records in between).
+    pub fn after_seek(&mut self, succeeded: bool) {
+        self.seeked = succeeded;
     }
 }
 
@@ -215,6 +222,20 @@ mod tests {
         for (state, offset, want, why) in table {
             assert_eq!(place(&state, offset), want, "{why}: {state:?} at {offset}");
         }
+    }
+
+    #[test]
+    fn a_failed_seek_is_not_taken_for_done() {
+        let mut s = PartitionState::new(Some(10), 15);
+        assert_eq!(place(&s, 15), Placement::Seek { to: 10 });
+        s.after_seek(false);
+        assert_eq!(
+            place(&s, 16),
+            Placement::Seek { to: 10 },
+            "seek again: records 10..16 are not gone"
+        );
+        s.after_seek(true);
+        assert_eq!(place(&s, 16), Placement::Gap { missing: 6 });
     }
 
     #[test]
