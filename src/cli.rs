@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Config;
+
 /// Weir: health and access events of a CDN fleet, through Kafka, into Redis
 /// and PostgreSQL.
 #[derive(Debug, Parser)]
@@ -293,4 +295,97 @@ pub struct LagDescribeArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 250ms, 2m)"))
+}
+
+impl Cli {
+    /// Lays the flags of the command over `cfg` (file and environment
+    /// already applied): a flag given on the command line wins.
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(l) = &self.log_level {
+            cfg.log.level = l.clone();
+        }
+        match &self.command {
+            Command::Up(a) => a.apply(cfg),
+            Command::Agent(a) => a.apply(cfg),
+            Command::Consume(ConsumeCommand::Health(a) | ConsumeCommand::Access(a)) => a.apply(cfg),
+            Command::Center(a) => a.apply(cfg),
+            Command::Edge(a) => a.apply(cfg),
+            Command::Lag(LagCommand::List(v)) => v.apply(cfg),
+            Command::Lag(LagCommand::Describe(d)) => d.view.apply(cfg),
+            Command::Lag(LagCommand::Export(e)) => e.apply(cfg),
+            Command::Lag(LagCommand::Advise(_))
+            | Command::Topics(_)
+            | Command::Config
+            | Command::Gen(_)
+            | Command::Dlq(_) => {}
+        }
+    }
+}
+
+impl UpArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(n) = self.consumers {
+            cfg.up.consumers = n as usize;
+        }
+    }
+}
+
+impl AgentArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(i) = self.interval {
+            cfg.agent.interval = i;
+        }
+        if let Some(n) = &self.node_id {
+            cfg.agent.node_id = n.clone();
+        }
+        if let Some(c) = self.count {
+            cfg.agent.max_reports = c;
+        }
+    }
+}
+
+impl ConsumeArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(g) = &self.group {
+            cfg.consumer.group = g.clone();
+        }
+    }
+}
+
+impl CenterArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(addr) = &self.addr {
+            cfg.center.addr = addr.clone();
+        }
+    }
+}
+
+impl EdgeArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(addr) = &self.addr {
+            cfg.edge.addr = addr.clone();
+        }
+        if let Some(addr) = &self.admin_addr {
+            cfg.edge.admin_addr = addr.clone();
+        }
+    }
+}
+
+impl LagViewArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(i) = self.interval {
+            cfg.lag.interval = i;
+        }
+        if let Some(w) = self.window {
+            cfg.lag.window = w;
+        }
+    }
+}
+
+impl LagExportArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(i) = self.interval {
+            cfg.lag.interval = i;
+        }
+    }
 }

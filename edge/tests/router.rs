@@ -251,6 +251,10 @@ async fn each_request_runs_in_a_span_carrying_its_request_id() {
     let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
     let subscriber = tracing_subscriber::registry().with(RequestSpans(spans.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary, on other threads and with no subscriber,
+    // may have cached the request span's callsite as disabled while this
+    // one was being set: recompute the interest now that it exists.
+    tracing::callsite::rebuild_interest_cache();
     let edge = edge(&s3(None));
     let resp = call(&edge, Method::DELETE, "/x", &[]).await;
     let id = header(&resp, "x-request-id")

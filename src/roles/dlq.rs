@@ -12,6 +12,9 @@ use weir_consumers::runtime::header_text;
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::topics::dlq_headers;
 
+use crate::cli::{DlqListArgs, DlqReplayArgs};
+use crate::config::{Config, ConfigError};
+
 /// One dead letter as listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -220,4 +223,48 @@ pub async fn replay(
         p.await.context("replayed record not acknowledged")?;
     }
     Ok(report)
+}
+
+/// `weir dlq list`: prints dead letters as a table or JSON lines.
+pub async fn list_command(cfg: &Config, a: DlqListArgs) -> anyhow::Result<()> {
+    let (kafka, topic) = (cfg.kafka.clone(), cfg.topics.dlq.clone());
+    let letters = tokio::task::spawn_blocking(move || {
+        read(&kafka, &topic, a.partition, a.from, a.to, a.limit.max(1))
+    })
+    .await??;
+    if a.json {
+        for d in &letters {
+            println!("{}", serde_json::to_string(d)?);
+        }
+    } else {
+        print_table(&letters);
+    }
+    Ok(())
+}
+
+/// `weir dlq replay`: sends a range of dead letters back to their topics.
+pub async fn replay_command(cfg: &Config, a: DlqReplayArgs) -> anyhow::Result<()> {
+    if a.to < a.from {
+        return Err(ConfigError {
+            key: "--to".into(),
+            message: "must not be below --from".into(),
+        }
+        .into());
+    }
+    let (kafka, topic) = (cfg.kafka.clone(), cfg.topics.dlq.clone());
+    let letters = tokio::task::spawn_blocking(move || {
+        read(
+            &kafka,
+            &topic,
+            Some(a.partition),
+            Some(a.from),
+            Some(a.to),
+            1,
+        )
+    })
+    .await??;
+    let producer = weir_producers::EventProducer::new(&cfg.kafka, "replay")?;
+    let report = replay(&producer, &letters, &cfg.topics.dlq, a.dry_run).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }

@@ -19,6 +19,9 @@ use weir_consumers::access::minute_of;
 use weir_producers::{EventProducer, PendingDelivery, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome, Event};
 
+use crate::cli::GenAccessArgs;
+use crate::config::{Config, ConfigError};
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenSpec {
@@ -298,6 +301,43 @@ async fn produce_one(
             Err(e) => return Err(e).context("producing a generated record"),
         }
     }
+}
+
+/// `weir gen access`: produces synthetic access events and prints totals.
+pub async fn command(
+    cfg: &Config,
+    a: GenAccessArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let start = match &a.start {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| ConfigError {
+                key: "--start".into(),
+                message: format!("{t:?} is not an RFC 3339 time: {e}"),
+            })?,
+        None => weir_consumers::access::minute_of(chrono::Utc::now()),
+    };
+    let spec = GenSpec {
+        count: a.count,
+        nodes: a.nodes,
+        objects: a.objects,
+        seed: a.seed,
+        rate: a.rate,
+        start,
+        span: a.span,
+        poison_every: a.poison_every,
+    };
+    let producer = std::sync::Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
+    super::require_topic(&producer, &cfg.topics.access, "topics.access").await?;
+    let totals = run(spec, &cfg.topics.access, producer.clone(), shutdown).await?;
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(std::time::Duration::from_secs(30))).await;
+    println!("{}", serde_json::to_string(&totals)?);
+    if totals.failed > 0 {
+        anyhow::bail!("{} records were not acknowledged by Kafka", totals.failed);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
