@@ -85,6 +85,12 @@ impl Edge {
         let size = meta.size;
         match plan {
             Plan::NotModified => {}
+            Plan::PreconditionFailed => {
+                // Nothing about this answer may be cached.
+                h.remove(header::CACHE_CONTROL);
+                h.remove(header::AGE);
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
             Plan::Unsatisfiable => {
                 h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -110,7 +110,12 @@ impl Drop for AccessGuard {
 
 /// An error as a [`Reply`], so that it is accounted like any answer.
 async fn error_reply(e: ApiError, head: bool) -> Reply {
-    let (parts, body) = e.into_response().into_parts();
+    let (mut parts, body) = e.into_response().into_parts();
+    if parts.status == StatusCode::METHOD_NOT_ALLOWED {
+        parts
+            .headers
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
