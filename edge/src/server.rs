@@ -24,7 +24,7 @@ use weir_core::http::ApiError;
 use weir_core::InternalEventHandle;
 use weir_schemas::CacheOutcome;
 
-use crate::access::AccessRecord;
+use crate::access::{loggable_key, AccessRecord};
 use crate::edge::Edge;
 use crate::events::{outcome_label, Served};
 use crate::keys::object_key;
@@ -194,7 +194,7 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
         ts,
         request_id: request_id.clone(),
         method: method.to_string(),
-        object_key: key_for_log,
+        object_key: loggable_key(&key_for_log),
         range,
         status: status.as_u16(),
         bytes_sent: 0,

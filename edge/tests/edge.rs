@@ -836,6 +836,14 @@ async fn one_access_event_per_request() {
             .as_u16(),
     );
     assert_eq!(statuses, [200, 206, 200, 404]);
+    // Hostile paths: an unbounded raw path (400 and 405) and a control
+    // character in a key must not reach the access pipeline as they are.
+    let long = format!("/{}", "x".repeat(3100));
+    assert_eq!(h.get(&long, &[]).await.status(), 400);
+    let post = h.http.post(format!("{}{long}", h.url)).send().await;
+    assert_eq!(post.expect("post").status(), 405);
+    let ctl = format!("/{}/a%01b%7F", h.prefix);
+    assert_eq!(h.get(&ctl, &[]).await.status(), 404);
 
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &st.kafka)
@@ -845,14 +853,14 @@ async fn one_access_event_per_request() {
         .expect("consumer");
     c.subscribe(&[&topics.access]).expect("subscribe");
     let mut events: Vec<AccessEvent> = Vec::new();
-    while events.len() < 4 {
+    while events.len() < 7 {
         let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
             .await
             .expect("access events arrive")
             .expect("record");
         events.push(weir_schemas::decode::<AccessEvent>(m.payload()).expect("decodes"));
     }
-    let summary: Vec<(u16, CacheOutcome, u64)> = events
+    let summary: Vec<(u16, CacheOutcome, u64)> = events[..4]
         .iter()
         .map(|e| (e.status, e.cache, e.bytes_sent))
         .collect();
@@ -868,9 +876,20 @@ async fn one_access_event_per_request() {
     assert!(events.iter().all(|e| e.node_id == node));
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(events[1].range.as_deref(), Some("bytes=0-4"));
+    for e in &events[4..6] {
+        assert!(e.object_key.len() <= 512, "{} bytes", e.object_key.len());
+        assert!(e.object_key.ends_with("[truncated]"), "{}", e.object_key);
+    }
+    assert_eq!(
+        events[6].object_key,
+        format!("{}/a\u{fffd}b\u{fffd}", h.prefix)
+    );
+    assert!(events
+        .iter()
+        .all(|e| !e.object_key.chars().any(char::is_control)));
     h.delete(&key).await;
 }
 
