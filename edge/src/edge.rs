@@ -13,10 +13,11 @@ use crate::config::EdgeConfig;
 use crate::events::{OriginRequests, OriginRequestsHandle, RequestsHandle, RequestsServed};
 use crate::fill::Fill;
 use crate::flight::Flights;
+use crate::generation::Generations;
 use crate::keys::ObjectKey;
 use crate::meta::{MetaStore, SharedMeta};
 use crate::origin::{ObjectMeta, Origin, S3Config};
-use crate::tiers::{memory_tier, DiskTier, MemoryTier};
+use crate::tiers::{memory_tier, CachedObject, DiskTier, MemoryTier};
 
 /// Metadata remembered by this node, positive or negative.
 #[derive(Debug)]
@@ -34,7 +35,9 @@ pub struct Edge {
     pub(crate) disk: DiskTier,
     pub(crate) meta: Cache<String, Arc<MetaEntry>>,
     pub(crate) shared: Option<Arc<MetaStore>>,
-    pub(crate) objects: Flights<String, Fill>,
+    /// Fills by cache id and purge generation.
+    pub(crate) objects: Flights<(String, u64), Fill>,
+    pub(crate) generations: Arc<Generations>,
     pub(crate) slices: Flights<String, bytes::Bytes>,
     pub(crate) heads: Flights<String, Option<ObjectMeta>>,
     pub(crate) access: Option<AccessLog>,
@@ -86,6 +89,7 @@ impl Edge {
             meta,
             shared,
             objects: Flights::default(),
+            generations: Arc::default(),
             slices: Flights::default(),
             heads: Flights::default(),
             access,
@@ -136,18 +140,50 @@ impl Edge {
         }
     }
 
-    /// Records what the origin said about an object, here and in Redis.
-    pub(crate) async fn remember(&self, obj: &ObjectKey, meta: Option<ObjectMeta>) {
+    /// Records what the origin said about an object, here and in Redis,
+    /// unless the object was purged since generation `gen` (when the
+    /// origin was asked): then what was read is older than the purge.
+    /// Returns whether it was recorded.
+    pub(crate) async fn remember(
+        &self,
+        obj: &ObjectKey,
+        meta: Option<ObjectMeta>,
+        gen: u64,
+    ) -> bool {
+        let id = obj.cache_id();
+        if self.generations.current(&id) != gen {
+            return false;
+        }
         if let Some(s) = &self.shared {
+            let (generations, id) = (self.generations.clone(), id.clone());
             s.put(
                 obj,
                 meta.clone()
                     .map(SharedMeta::Found)
                     .unwrap_or(SharedMeta::Missing),
+                move || generations.current(&id) == gen,
             );
         }
-        self.remember_locally(obj.cache_id(), meta, Instant::now())
+        self.remember_locally(id.clone(), meta, Instant::now())
             .await;
+        if self.generations.current(&id) != gen {
+            self.meta.invalidate(&id).await;
+            return false;
+        }
+        true
+    }
+
+    /// Puts a whole object in the memory tier unless the object was purged
+    /// since generation `gen` (checked after the insert, see
+    /// [`crate::generation`]).
+    pub(crate) async fn keep_in_memory(&self, id: String, o: Arc<CachedObject>, gen: u64) {
+        if self.generations.current(&id) != gen {
+            return;
+        }
+        self.memory.insert(id.clone(), o).await;
+        if self.generations.current(&id) != gen {
+            self.memory.invalidate(&id).await;
+        }
     }
 
     /// Records metadata on this node only (learnt from Redis, say).
@@ -176,14 +212,17 @@ impl Edge {
     }
 
     /// Purges one object from every tier; false when Redis could not be
-    /// reached (the local tiers are purged regardless).
+    /// reached (the local tiers are purged regardless). Fills that started
+    /// before it will not store what they read.
     pub async fn purge(&self, obj: &ObjectKey) -> bool {
+        self.generations.bump(&obj.cache_id());
         self.forget(obj).await
     }
 
     /// Purges every object of `bucket` whose key starts with `prefix`;
     /// returns the Redis entries removed, or `None` when Redis failed.
     pub async fn purge_prefix(&self, bucket: &str, prefix: &str) -> Option<u64> {
+        self.generations.bump_all();
         let p = format!("{bucket}\u{0}{prefix}");
         let p2 = p.clone();
         let _ = self

@@ -30,7 +30,11 @@ pub(crate) enum Fill {
 impl Edge {
     /// The one origin request for a cold object: its first slice, which is
     /// the whole object when it is small.
-    pub(crate) async fn fill(self: Arc<Self>, obj: ObjectKey) -> Result<Fill, OriginError> {
+    pub(crate) async fn fill(
+        self: Arc<Self>,
+        obj: ObjectKey,
+        gen: u64,
+    ) -> Result<Fill, OriginError> {
         let id = obj.cache_id();
         if let Some(o) = self.memory.get(&id).await {
             // Filled by a flight that ended just before this one started.
@@ -47,22 +51,22 @@ impl Edge {
         let (meta, body) = match first {
             Ok(Fetched::Found { meta, body }) => (meta, body),
             Ok(Fetched::Missing) => {
-                self.remember(&obj, None).await;
+                self.remember(&obj, None, gen).await;
                 return Ok(Fill::Missing);
             }
             // An empty object has no byte 0: S3 answers 416.
             Ok(Fetched::Unsatisfiable) => match self.origin.get(&obj, None, None).await? {
                 Fetched::Found { meta, body } => (meta, body),
                 Fetched::Missing | Fetched::Unsatisfiable => {
-                    self.remember(&obj, None).await;
+                    self.remember(&obj, None, gen).await;
                     return Ok(Fill::Missing);
                 }
             },
             Err(e) => return Err(e),
         };
-        self.remember(&obj, Some(meta.clone())).await;
+        let current = self.remember(&obj, Some(meta.clone()), gen).await;
         if meta.size > self.cfg.memory_object_max {
-            if body.len() as u64 == s {
+            if current && body.len() as u64 == s {
                 if let Err(e) = self.disk.put(slice_id(&id, &meta.etag, 0), &body).await {
                     DiskWriteFailed { error: &e }.emit();
                 }
@@ -101,7 +105,7 @@ impl Edge {
             body,
             checked_at: Instant::now(),
         });
-        self.memory.insert(id, o.clone()).await;
+        self.keep_in_memory(id, o.clone(), gen).await;
         Ok(Fill::Memory(o))
     }
 

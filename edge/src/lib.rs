@@ -17,6 +17,7 @@ pub mod edge;
 pub mod events;
 pub mod fill;
 pub mod flight;
+pub mod generation;
 pub mod keys;
 pub mod lookup;
 pub mod meta;

@@ -135,8 +135,15 @@ impl MetaStore {
         }
     }
 
-    /// Stores an entry in the background.
-    pub fn put(self: &Arc<Self>, obj: &ObjectKey, meta: SharedMeta) {
+    /// Stores an entry in the background, and deletes it again when
+    /// `still_current` says, once stored, that it was overtaken (purged
+    /// meanwhile).
+    pub fn put(
+        self: &Arc<Self>,
+        obj: &ObjectKey,
+        meta: SharedMeta,
+        still_current: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
         if !self.available() {
             return;
         }
@@ -162,7 +169,13 @@ impl MetaStore {
             };
             let res: Result<(), redis::RedisError> = async {
                 let mut c = this.redis.conn().await?;
-                c.pset_ex(key, value, ttl.as_millis().max(1) as u64).await
+                let () = c
+                    .pset_ex(&key, value, ttl.as_millis().max(1) as u64)
+                    .await?;
+                if !still_current() {
+                    let () = c.del(&key).await?;
+                }
+                Ok(())
             }
             .await;
             if let Err(e) = res {

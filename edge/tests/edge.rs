@@ -3,7 +3,7 @@
 //! front of S3 that counts request lines, not by the edge's own metrics.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,12 @@ mod support;
 use support::s3_config;
 use weir_testkit::{stack, unique, PrivateService, TestRedis, TestTopics};
 
-/// Counts `GET` request lines going to the origin.
+/// Counts `GET` request lines going to the origin, and holds each chunk of
+/// the origin's answers for `delay_ms` (0: forwards at once).
 struct CountingProxy {
     addr: SocketAddr,
     gets: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl CountingProxy {
@@ -37,10 +39,11 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let gets = Arc::new(AtomicUsize::new(0));
-        let g = gets.clone();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (g, d) = (gets.clone(), delay_ms.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let (g, up) = (g.clone(), upstream.clone());
+                let (g, d, up) = (g.clone(), d.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&up).await else {
                         return;
@@ -70,14 +73,31 @@ impl CountingProxy {
                         let _ = sw.shutdown().await;
                     };
                     let down = async {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let delay = d.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
                         let _ = cw.shutdown().await;
                     };
                     tokio::join!(up, down);
                 });
             }
         });
-        CountingProxy { addr, gets }
+        CountingProxy {
+            addr,
+            gets,
+            delay_ms,
+        }
     }
 
     fn gets(&self) -> usize {
@@ -1032,5 +1052,78 @@ async fn bucket_in_the_path_when_several_buckets_are_served() {
         h.get(&format!("/not-served/{key}"), &[]).await.status(),
         400
     );
+    h.delete(&key).await;
+}
+
+/// A purge (here after an upload to S3) racing a fill that read the old
+/// version before it: the old fill must not land in any tier or in Redis
+/// after the purge, and requests after the purge must not join it.
+#[tokio::test]
+async fn a_purge_wins_over_a_fill_that_started_before_it() {
+    let s3 = s3_config(None);
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = CountingProxy::start(upstream).await;
+    let h = start(Options {
+        s3_endpoint: Some(format!("http://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    let key = h.key("race.txt");
+    h.put(&key, Bytes::from_static(b"old")).await;
+    // The fill reads the old version now; its answer reaches the edge late.
+    proxy.delay_ms.store(1500, Ordering::SeqCst);
+    let early = {
+        let (http, url) = (h.http.clone(), format!("{}/{key}", h.url));
+        tokio::spawn(async move { http.get(url).send().await.expect("get").bytes().await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.put(&key, Bytes::from_static(b"new")).await;
+    let r = h
+        .http
+        .delete(format!("{}/cache/{key}", h.admin))
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    proxy.delay_ms.store(0, Ordering::SeqCst);
+    // After the purge: a fresh fill, not the old flight.
+    let after = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(
+        after.bytes().await.expect("body"),
+        "new",
+        "joined the old flight"
+    );
+    // The early request got the version it asked for.
+    assert_eq!(early.await.expect("task").expect("body"), "old");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old fill landed nowhere: not in memory, not in Redis.
+    for _ in 0..3 {
+        let again = h.get(&format!("/{key}"), &[]).await;
+        assert_eq!(again.bytes().await.expect("body"), "new", "old fill landed");
+    }
+    let redis = h._redis.as_ref().expect("test redis");
+    let mut c = redis.conn().await;
+    let stored: Option<String> = redis::AsyncCommands::get(
+        &mut c,
+        format!("{}:edge:meta:{}:{key}", redis.prefix, h.bucket),
+    )
+    .await
+    .expect("redis get");
+    let new_etag =
+        h.s3.head_object()
+            .bucket(&h.bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("head")
+            .e_tag()
+            .unwrap_or_default()
+            .to_string();
+    if let Some(v) = stored {
+        assert!(
+            v.contains(&new_etag.replace('"', "\\\"")),
+            "Redis holds {v}, not {new_etag}"
+        );
+    }
     h.delete(&key).await;
 }
