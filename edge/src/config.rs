@@ -58,6 +58,12 @@ pub struct EdgeConfig {
     pub upload_max: u64,
     /// Redirects `POST /fetch` follows.
     pub fetch_max_redirects: usize,
+    /// Destinations `POST /fetch` may reach although they are internal
+    /// (loopback, link-local, private, unspecified, multicast — refused by
+    /// default, checked on the resolved address and after every redirect):
+    /// host names, matched exactly, or addresses and networks
+    /// (`10.1.0.0/16`, `127.0.0.1`).
+    pub fetch_allow: Vec<String>,
     /// Bound on a whole `POST /fetch` download.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
@@ -85,6 +91,7 @@ impl Default for EdgeConfig {
             disk_budget: 10 * 1024 * MIB,
             upload_max: 100 * MIB,
             fetch_max_redirects: 3,
+            fetch_allow: Vec::new(),
             fetch_timeout: Duration::from_secs(30),
             public_url: String::new(),
         }
@@ -185,6 +192,8 @@ impl Validate for EdgeConfig {
                 "must be at most 20",
             ));
         }
+        crate::destination::FetchPolicy::parse(&self.fetch_allow)
+            .map_err(|m| ConfigError::new("edge.fetch_allow", m))?;
         if self.fetch_timeout.is_zero() {
             return Err(ConfigError::new(
                 "edge.fetch_timeout",
@@ -265,6 +274,10 @@ mod tests {
             ("edge.slice_size", Box::new(|c| c.slice_size = 1)),
             ("edge.memory_budget", Box::new(|c| c.memory_budget = 1)),
             ("edge.upload_max", Box::new(|c| c.upload_max = 0)),
+            (
+                "edge.fetch_allow",
+                Box::new(|c| c.fetch_allow = vec!["a b".into()]),
+            ),
             (
                 "edge.fetch_timeout",
                 Box::new(|c| c.fetch_timeout = Duration::ZERO),

@@ -10,6 +10,7 @@ use weir_core::{RedisHandle, RegisterInternalEvent};
 
 use crate::access::AccessLog;
 use crate::config::EdgeConfig;
+use crate::destination::FetchPolicy;
 use crate::events::{OriginRequests, OriginRequestsHandle, RequestsHandle, RequestsServed};
 use crate::fill::Fill;
 use crate::flight::Flights;
@@ -45,7 +46,7 @@ pub struct Edge {
     pub(crate) requests: RequestsHandle,
     /// Origin request counters, registered once.
     pub(crate) origin_requests: OriginRequestsHandle,
-    fetcher: reqwest::Client,
+    fetch_policy: FetchPolicy,
     public_url: String,
 }
 
@@ -73,14 +74,14 @@ impl Edge {
             .time_to_live(cfg.fresh_for.max(cfg.negative_ttl) + cfg.stale_grace)
             .support_invalidation_closures()
             .build();
-        let fetcher = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(cfg.fetch_max_redirects))
-            .timeout(cfg.fetch_timeout)
-            .connect_timeout(cfg.fetch_timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let fetch_policy = FetchPolicy::parse(&cfg.fetch_allow).map_err(|m| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("edge.fetch_allow: {m}"),
+            )
+        })?;
         Ok(Arc::new(Edge {
-            fetcher,
+            fetch_policy,
             public_url: cfg.resolved_public_url(),
             memory: memory_tier(cfg.memory_budget),
             bucket: s3.bucket.clone(),
@@ -119,9 +120,14 @@ impl Edge {
         self.cfg.upload_max
     }
 
-    /// HTTP client of `POST /fetch` (redirect and time limits applied).
-    pub fn fetcher(&self) -> &reqwest::Client {
-        &self.fetcher
+    /// Where `POST /fetch` may go (`edge.fetch_allow`).
+    pub fn fetch_policy(&self) -> &FetchPolicy {
+        &self.fetch_policy
+    }
+
+    /// `edge.fetch_max_redirects` and `edge.fetch_timeout`.
+    pub fn fetch_limits(&self) -> (usize, Duration) {
+        (self.cfg.fetch_max_redirects, self.cfg.fetch_timeout)
     }
 
     /// The edge URL of an object, percent-encoded.

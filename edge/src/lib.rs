@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod config;
+pub mod destination;
 pub mod edge;
 pub mod events;
 pub mod fill;

@@ -49,6 +49,7 @@ pub fn admin_router(edge: Arc<Edge>) -> Router {
             post(crate::upload::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/fetch", post(crate::upload::fetch))
+        .layer(axum::middleware::from_fn(crate::upload::same_origin_only))
         .with_state(edge)
 }
 

@@ -941,6 +941,8 @@ async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
     let mut opts = Options::default();
     opts.edge.upload_max = 4096;
     opts.edge.public_url = "http://edge.example".into();
+    // The test's sources listen on loopback, which is refused by default.
+    opts.edge.fetch_allow = vec!["127.0.0.1/32".into()];
     let h = start(opts).await;
     let key = h.key("up/hello world.txt");
     let boundary = "weirboundary42";
@@ -1126,4 +1128,81 @@ async fn a_purge_wins_over_a_fill_that_started_before_it() {
         );
     }
     h.delete(&key).await;
+}
+
+/// `POST /fetch` refuses internal destinations (directly, by name, and
+/// after a redirect) unless allow-listed, and admin writes from another
+/// site. Every URL here is loopback or refused before any connection.
+#[tokio::test]
+async fn fetch_refuses_internal_destinations_and_cross_site_posts() {
+    let source = redirecting_source(Bytes::from_static(b"secret")).await;
+    let port = source.rsplit(':').next().expect("port").to_string();
+    // A source reached by name that redirects to an address.
+    let bouncer = {
+        let to = format!("{source}/r/0");
+        let app = Router::new().route(
+            "/away",
+            axum::routing::get(move || {
+                let to = to.clone();
+                async move { axum::response::Redirect::temporary(&to) }
+            }),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://localhost:{}", addr.port())
+    };
+    let mut opts = Options::default();
+    opts.edge.fetch_allow = vec!["localhost".into()];
+    let h = start(opts).await;
+    let fetch = |url: String, headers: Vec<(&'static str, &'static str)>| {
+        let mut rb = h
+            .http
+            .post(format!("{}/fetch", h.admin))
+            .json(&serde_json::json!({ "url": url, "key": h.key("stolen") }));
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        rb.send()
+    };
+    for url in [
+        format!("{source}/r/0"),
+        format!("http://[::1]:{port}/r/0"),
+        format!("http://[::ffff:127.0.0.1]:{port}/r/0"),
+        format!("http://2130706433:{port}/r/0"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ] {
+        let r = fetch(url.clone(), vec![]).await.expect("fetch");
+        assert_eq!(r.status(), 403, "{url}");
+    }
+    // Allowed by name, then redirected to a refused address.
+    let r = fetch(format!("{bouncer}/away"), vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 403, "redirect to loopback");
+    // The allowed name itself is fetched.
+    let r = fetch(format!("http://localhost:{port}/r/1"), vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 201, "allow-listed host");
+    // A browser posting from another site's page.
+    for hs in [
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("origin", "http://evil.example")],
+    ] {
+        let r = fetch(format!("http://localhost:{port}/r/0"), hs.clone())
+            .await
+            .expect("fetch");
+        assert_eq!(r.status(), 403, "{hs:?}");
+    }
+    let r = fetch(
+        format!("http://localhost:{port}/r/0"),
+        vec![("sec-fetch-site", "same-origin")],
+    )
+    .await
+    .expect("fetch");
+    assert_eq!(r.status(), 201);
+    h.delete(&h.key("stolen")).await;
 }
