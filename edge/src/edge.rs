@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_core::{RedisHandle, RegisterInternalEvent};
 
 use crate::access::AccessLog;
@@ -39,7 +40,10 @@ pub struct Edge {
     /// Fills by cache id and purge generation.
     pub(crate) objects: Flights<(String, u64), Fill>,
     pub(crate) generations: Arc<Generations>,
-    pub(crate) slices: Flights<String, bytes::Bytes>,
+    /// Slice fetches; `None`: the slice is on disk.
+    pub(crate) slices: Flights<String, Option<bytes::Bytes>>,
+    /// `edge.inflight_budget`, in KiB.
+    inflight: Arc<Semaphore>,
     pub(crate) heads: Flights<String, Option<ObjectMeta>>,
     pub(crate) access: Option<AccessLog>,
     /// Per-request metrics, registered once.
@@ -92,6 +96,9 @@ impl Edge {
             objects: Flights::default(),
             generations: Arc::default(),
             slices: Flights::default(),
+            inflight: Arc::new(Semaphore::new(
+                usize::try_from(cfg.inflight_budget / 1024).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
             heads: Flights::default(),
             access,
             requests: RequestsServed.register(),
@@ -118,6 +125,31 @@ impl Edge {
     /// `edge.upload_max`.
     pub fn upload_max(&self) -> u64 {
         self.cfg.upload_max
+    }
+
+    /// Room for `bytes` more in flight (`edge.inflight_budget`): waits until
+    /// there is. The room is given back when the permit is dropped.
+    pub(crate) async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        // More than the whole budget: wait for all of it (the budget is at
+        // least two slices, so this only happens for a large memory-tier
+        // object on a small budget).
+        let total = u32::try_from(self.cfg.inflight_budget / 1024).unwrap_or(u32::MAX);
+        self.inflight
+            .clone()
+            .acquire_many_owned(kib.min(total))
+            .await
+            .ok()
+    }
+
+    /// The client listener's limits.
+    pub fn conn_limits(&self) -> crate::listener::ConnLimits {
+        crate::listener::ConnLimits {
+            max_connections: self.cfg.max_connections,
+            header_read_timeout: self.cfg.header_read_timeout,
+            idle_timeout: self.cfg.idle_timeout,
+            send_timeout: self.cfg.send_timeout,
+        }
     }
 
     /// Where `POST /fetch` may go (`edge.fetch_allow`).

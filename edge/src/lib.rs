@@ -20,6 +20,7 @@ pub mod fill;
 pub mod flight;
 pub mod generation;
 pub mod keys;
+pub mod listener;
 pub mod lookup;
 pub mod meta;
 pub mod origin;

@@ -63,20 +63,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(edge.clone());
+    let limits = edge.conn_limits();
     let admin_app = admin_router(edge).merge(extra_admin);
     info!(client = %client.local_addr()?, admin = %admin.local_addr()?, "edge listening");
     let (s1, s2) = (shutdown.clone(), shutdown);
-    let c = axum::serve(
-        client,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { s1.cancelled().await });
+    let c = crate::listener::serve_limited(client, app, limits, s1);
     let a =
         axum::serve(admin, admin_app).with_graceful_shutdown(async move { s2.cancelled().await });
-    tokio::try_join!(
-        std::future::IntoFuture::into_future(c),
-        std::future::IntoFuture::into_future(a)
-    )?;
+    tokio::try_join!(c, std::future::IntoFuture::into_future(a))?;
     Ok(())
 }
 

@@ -149,6 +149,40 @@ impl DiskTier {
         }
     }
 
+    /// Whether a slice is indexed (its file may still turn out unusable).
+    pub async fn contains(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// A slice's file and the offset of its first byte, after checking that
+    /// it is the slice asked for; `None` as [`DiskTier::get`]. Streaming
+    /// from the file (positioned reads, no buffer kept between them) keeps a
+    /// response's memory at one chunk, not one slice.
+    pub async fn open_slice(
+        &self,
+        id: &str,
+        expected_len: u64,
+    ) -> Option<(Arc<std::fs::File>, u64)> {
+        use tokio::io::AsyncReadExt;
+        let f = self.index.get(id).await?;
+        let header = slice_header(id);
+        let checked = async {
+            let mut file = tokio::fs::File::open(&f.path).await.ok()?;
+            let len = file.metadata().await.ok()?.len();
+            let mut got = vec![0u8; header.len()];
+            file.read_exact(&mut got).await.ok()?;
+            if got != header || len != header.len() as u64 + expected_len {
+                return None;
+            }
+            Some((Arc::new(file.into_std().await), header.len() as u64))
+        }
+        .await;
+        if checked.is_none() {
+            self.index.invalidate(id).await;
+        }
+        checked
+    }
+
     /// Writes a slice (to a temporary name, then renamed, so a reader never
     /// sees half a file) and indexes it.
     pub async fn put(&self, id: String, body: &Bytes) -> std::io::Result<()> {
