@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use weir_core::{RedisHandle, RegisterInternalEvent};
+use weir_core::RegisterInternalEvent;
 
 use crate::access::AccessLog;
 use crate::config::EdgeConfig;
@@ -17,7 +17,7 @@ use crate::fill::Fill;
 use crate::flight::Flights;
 use crate::generation::Generations;
 use crate::keys::ObjectKey;
-use crate::meta::{MetaStore, SharedMeta};
+use crate::meta::{MetaStore, SharedMeta, SharedRedis};
 use crate::origin::{ObjectMeta, Origin, S3Config};
 use crate::tiers::{memory_tier, CachedObject, DiskTier, MemoryTier};
 
@@ -55,19 +55,18 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the edge; opens (and empties) the disk tier. `redis` with its
-    /// key prefix enables shared metadata; `access` enables access events.
+    /// Builds the edge; opens (and empties) the disk tier. `redis` enables
+    /// shared metadata; `access` enables access events.
     pub fn new(
         cfg: EdgeConfig,
         s3: &S3Config,
-        redis: Option<(Arc<RedisHandle>, String)>,
+        redis: Option<SharedRedis>,
         access: Option<AccessLog>,
     ) -> std::io::Result<Arc<Edge>> {
         let disk = DiskTier::open(&cfg.resolved_disk_dir(), cfg.disk_budget)?;
-        let shared = redis.map(|(handle, prefix)| {
+        let shared = redis.map(|redis| {
             Arc::new(MetaStore::new(
-                handle,
-                &prefix,
+                redis,
                 cfg.meta_ttl,
                 cfg.negative_ttl,
                 cfg.redis_backoff,

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use weir_core::{RedisConfig, RedisHandle};
 use weir_edge::access::AccessLog;
+use weir_edge::meta::SharedRedis;
 use weir_edge::origin::Origin;
 use weir_edge::{Edge, EdgeConfig};
 use weir_producers::{EventProducer, KafkaConfig};
@@ -168,10 +169,11 @@ async fn start(mut opts: Options) -> Harness {
     let edge = Edge::new(
         opts.edge,
         &s3cfg,
-        Some((
-            Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
-            redis_cfg.key_prefix.clone(),
-        )),
+        Some(SharedRedis {
+            handle: Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
+            key_prefix: redis_cfg.key_prefix.clone(),
+            timeout: redis_cfg.timeout,
+        }),
         opts.access,
     )
     .expect("edge builds");
@@ -1205,4 +1207,84 @@ async fn fetch_refuses_internal_destinations_and_cross_site_posts() {
     .expect("fetch");
     assert_eq!(r.status(), 201);
     h.delete(&h.key("stolen")).await;
+}
+
+/// 50 concurrent requests for distinct objects; the slowest one's time.
+async fn slowest_of_fifty(h: &Harness, keys: &[String]) -> Duration {
+    let mut tasks = Vec::new();
+    for k in keys {
+        let (http, url) = (h.http.clone(), format!("{}/{k}", h.url));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http.get(url).send().await.expect("get");
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await;
+            t.elapsed()
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        slowest = slowest.max(t.await.expect("task"));
+    }
+    slowest
+}
+
+/// Redis black-holed (connections accepted, nothing ever answered), at start
+/// and mid-run: every one of 50 concurrent requests is answered within about
+/// one `redis.timeout`, not after the others' timeouts.
+#[tokio::test]
+async fn redis_black_holed_costs_each_request_one_timeout_at_most() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let st = stack();
+    let test_redis = TestRedis::new(&st);
+    let upstream = test_redis
+        .url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let upstream = upstream.split('/').next().unwrap_or(upstream).to_string();
+    // Mid-run: a proxy in front of the real Redis that stops answering.
+    let proxy = CountingProxy::start(upstream).await;
+    let redis_cfg = |addr: SocketAddr| RedisConfig {
+        url: format!("redis://{addr}"),
+        key_prefix: test_redis.prefix.clone(),
+        timeout: TIMEOUT,
+    };
+    let h = start(Options {
+        redis: Some(redis_cfg(proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    let keys: Vec<String> = (0..50).map(|i| h.key(&format!("bh/{i}"))).collect();
+    for k in &keys {
+        h.put(k, Bytes::from_static(b"x")).await;
+    }
+    assert_eq!(h.get(&format!("/{}", keys[0]), &[]).await.status(), 200);
+    proxy.delay_ms.store(3_600_000, Ordering::SeqCst);
+    let mid_run = slowest_of_fifty(&h, &keys).await;
+
+    // At start: nothing but a listener that accepts and holds.
+    let hole = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hole_addr = hole.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let h2 = start(Options {
+        redis: Some(redis_cfg(hole_addr)),
+        ..Options::default()
+    })
+    .await;
+    let at_start = slowest_of_fifty(&h2, &keys).await;
+    eprintln!("Redis black-holed, slowest of 50: mid-run {mid_run:?}, at start {at_start:?} (redis.timeout {TIMEOUT:?})");
+    for (when, took) in [("mid-run", mid_run), ("at start", at_start)] {
+        assert!(
+            took < TIMEOUT * 2 + Duration::from_millis(1500),
+            "{when}: the slowest of 50 requests took {took:?}"
+        );
+    }
+    for k in &keys {
+        h.delete(k).await;
+    }
 }
