@@ -54,6 +54,34 @@ pub struct AccessRecord {
     pub client_addr: String,
 }
 
+/// Longest `object_key` an access event carries, in bytes: far under
+/// PostgreSQL's btree row limit (2 704 bytes) for the rollup's index, so a
+/// hostile path can never make the access pipeline's upsert fail.
+pub const LOGGED_KEY_MAX: usize = 512;
+
+/// Ends a key cut at [`LOGGED_KEY_MAX`].
+pub const TRUNCATED_MARK: &str = "…[truncated]";
+
+/// The key as an access event may carry it: control characters (NUL
+/// included, which PostgreSQL's text refuses) replaced by U+FFFD, and cut
+/// at [`LOGGED_KEY_MAX`] bytes, on a character boundary, marked
+/// [`TRUNCATED_MARK`].
+pub fn loggable_key(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(LOGGED_KEY_MAX));
+    for c in raw.chars() {
+        let c = if c.is_control() { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > LOGGED_KEY_MAX {
+            while out.len() + TRUNCATED_MARK.len() > LOGGED_KEY_MAX {
+                out.pop();
+            }
+            out.push_str(TRUNCATED_MARK);
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl AccessLog {
     /// Events go to `topic`, keyed by `node_id`.
     pub fn new(producer: Arc<EventProducer>, topic: String, node_id: String) -> AccessLog {
@@ -96,6 +124,36 @@ impl AccessLog {
             Ok(Offer::Shed) => {}
             Err(ProduceError::QueueFull) => self.shed.emit(ShedReason::QueueFull),
             Err(e) => self.shed.emit(ShedReason::Error(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_are_cleaned_and_capped() {
+        assert_eq!(loggable_key("a/b.txt"), "a/b.txt");
+        assert_eq!(
+            loggable_key("a\u{0}b\u{1}\u{7f}"),
+            "a\u{fffd}b\u{fffd}\u{fffd}"
+        );
+        let k = loggable_key(&"é".repeat(600));
+        assert!(k.len() <= LOGGED_KEY_MAX && k.ends_with(TRUNCATED_MARK));
+        assert_eq!(loggable_key(&"x".repeat(512)), "x".repeat(512));
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_fits_and_has_no_control_character(raw in "\\PC{0,700}|[\u{0}-\u{1f}a]{0,600}") {
+            let k = loggable_key(&raw);
+            prop_assert!(k.len() <= LOGGED_KEY_MAX);
+            prop_assert!(!k.chars().any(char::is_control));
+            if raw.len() <= LOGGED_KEY_MAX && !raw.chars().any(char::is_control) {
+                prop_assert_eq!(k, raw);
+            }
         }
     }
 }

@@ -58,12 +58,37 @@ pub struct EdgeConfig {
     pub upload_max: u64,
     /// Redirects `POST /fetch` follows.
     pub fetch_max_redirects: usize,
+    /// Destinations `POST /fetch` may reach although they are internal
+    /// (loopback, link-local, private, unspecified, multicast — refused by
+    /// default, checked on the resolved address and after every redirect):
+    /// host names, matched exactly, or addresses and networks
+    /// (`10.1.0.0/16`, `127.0.0.1`).
+    pub fetch_allow: Vec<String>,
     /// Bound on a whole `POST /fetch` download.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
     /// Base of the URLs answered for uploaded objects; empty:
     /// `http://{edge.addr}`.
     pub public_url: String,
+    /// Client connections served at once; further ones wait in the
+    /// kernel's accept backlog until a slot frees.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client connection without any progress (no bytes read or written)
+    /// this long is closed: an idle keep-alive connection, or a client that
+    /// neither sends nor reads.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A client that reads nothing of a response for this long, while the
+    /// edge has bytes to send, is disconnected (nginx's `send_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Bytes that fills (origin reads on their way to a tier) and streamed
+    /// responses may hold at once, across all requests; a request that
+    /// would exceed it waits for room.
+    pub inflight_budget: u64,
 }
 
 impl Default for EdgeConfig {
@@ -85,8 +110,14 @@ impl Default for EdgeConfig {
             disk_budget: 10 * 1024 * MIB,
             upload_max: 100 * MIB,
             fetch_max_redirects: 3,
+            fetch_allow: Vec::new(),
             fetch_timeout: Duration::from_secs(30),
             public_url: String::new(),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            inflight_budget: 256 * MIB,
         }
     }
 }
@@ -185,6 +216,8 @@ impl Validate for EdgeConfig {
                 "must be at most 20",
             ));
         }
+        crate::destination::FetchPolicy::parse(&self.fetch_allow)
+            .map_err(|m| ConfigError::new("edge.fetch_allow", m))?;
         if self.fetch_timeout.is_zero() {
             return Err(ConfigError::new(
                 "edge.fetch_timeout",
@@ -199,6 +232,27 @@ impl Validate for EdgeConfig {
         }
         if self.fresh_for.is_zero() {
             return Err(ConfigError::new("edge.fresh_for", "must be more than 0s"));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                "edge.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        for (key, d) in [
+            ("edge.header_read_timeout", self.header_read_timeout),
+            ("edge.idle_timeout", self.idle_timeout),
+            ("edge.send_timeout", self.send_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ConfigError::new(key, "must be between 100ms and 1h"));
+            }
+        }
+        if self.inflight_budget < 2 * self.slice_size {
+            return Err(ConfigError::new(
+                "edge.inflight_budget",
+                "must hold at least two slices (2 × edge.slice_size)",
+            ));
         }
         Ok(())
     }
@@ -265,6 +319,10 @@ mod tests {
             ("edge.slice_size", Box::new(|c| c.slice_size = 1)),
             ("edge.memory_budget", Box::new(|c| c.memory_budget = 1)),
             ("edge.upload_max", Box::new(|c| c.upload_max = 0)),
+            (
+                "edge.fetch_allow",
+                Box::new(|c| c.fetch_allow = vec!["a b".into()]),
+            ),
             (
                 "edge.fetch_timeout",
                 Box::new(|c| c.fetch_timeout = Duration::ZERO),

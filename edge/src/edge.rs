@@ -6,17 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use weir_core::{RedisHandle, RegisterInternalEvent};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use weir_core::RegisterInternalEvent;
 
 use crate::access::AccessLog;
 use crate::config::EdgeConfig;
+use crate::destination::FetchPolicy;
 use crate::events::{OriginRequests, OriginRequestsHandle, RequestsHandle, RequestsServed};
 use crate::fill::Fill;
 use crate::flight::Flights;
+use crate::generation::Generations;
 use crate::keys::ObjectKey;
-use crate::meta::{MetaStore, SharedMeta};
+use crate::meta::{MetaStore, SharedMeta, SharedRedis};
 use crate::origin::{ObjectMeta, Origin, S3Config};
-use crate::tiers::{memory_tier, DiskTier, MemoryTier};
+use crate::tiers::{memory_tier, CachedObject, DiskTier, MemoryTier};
 
 /// Metadata remembered by this node, positive or negative.
 #[derive(Debug)]
@@ -34,32 +37,36 @@ pub struct Edge {
     pub(crate) disk: DiskTier,
     pub(crate) meta: Cache<String, Arc<MetaEntry>>,
     pub(crate) shared: Option<Arc<MetaStore>>,
-    pub(crate) objects: Flights<String, Fill>,
-    pub(crate) slices: Flights<String, bytes::Bytes>,
+    /// Fills by cache id and purge generation.
+    pub(crate) objects: Flights<(String, u64), Fill>,
+    pub(crate) generations: Arc<Generations>,
+    /// Slice fetches; `None`: the slice is on disk.
+    pub(crate) slices: Flights<String, Option<bytes::Bytes>>,
+    /// `edge.inflight_budget`, in KiB.
+    inflight: Arc<Semaphore>,
     pub(crate) heads: Flights<String, Option<ObjectMeta>>,
     pub(crate) access: Option<AccessLog>,
     /// Per-request metrics, registered once.
     pub(crate) requests: RequestsHandle,
     /// Origin request counters, registered once.
     pub(crate) origin_requests: OriginRequestsHandle,
-    fetcher: reqwest::Client,
+    fetch_policy: FetchPolicy,
     public_url: String,
 }
 
 impl Edge {
-    /// Builds the edge; opens (and empties) the disk tier. `redis` with its
-    /// key prefix enables shared metadata; `access` enables access events.
+    /// Builds the edge; opens (and empties) the disk tier. `redis` enables
+    /// shared metadata; `access` enables access events.
     pub fn new(
         cfg: EdgeConfig,
         s3: &S3Config,
-        redis: Option<(Arc<RedisHandle>, String)>,
+        redis: Option<SharedRedis>,
         access: Option<AccessLog>,
     ) -> std::io::Result<Arc<Edge>> {
         let disk = DiskTier::open(&cfg.resolved_disk_dir(), cfg.disk_budget)?;
-        let shared = redis.map(|(handle, prefix)| {
+        let shared = redis.map(|redis| {
             Arc::new(MetaStore::new(
-                handle,
-                &prefix,
+                redis,
                 cfg.meta_ttl,
                 cfg.negative_ttl,
                 cfg.redis_backoff,
@@ -70,14 +77,14 @@ impl Edge {
             .time_to_live(cfg.fresh_for.max(cfg.negative_ttl) + cfg.stale_grace)
             .support_invalidation_closures()
             .build();
-        let fetcher = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(cfg.fetch_max_redirects))
-            .timeout(cfg.fetch_timeout)
-            .connect_timeout(cfg.fetch_timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let fetch_policy = FetchPolicy::parse(&cfg.fetch_allow).map_err(|m| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("edge.fetch_allow: {m}"),
+            )
+        })?;
         Ok(Arc::new(Edge {
-            fetcher,
+            fetch_policy,
             public_url: cfg.resolved_public_url(),
             memory: memory_tier(cfg.memory_budget),
             bucket: s3.bucket.clone(),
@@ -86,7 +93,11 @@ impl Edge {
             meta,
             shared,
             objects: Flights::default(),
+            generations: Arc::default(),
             slices: Flights::default(),
+            inflight: Arc::new(Semaphore::new(
+                usize::try_from(cfg.inflight_budget / 1024).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
             heads: Flights::default(),
             access,
             requests: RequestsServed.register(),
@@ -115,9 +126,39 @@ impl Edge {
         self.cfg.upload_max
     }
 
-    /// HTTP client of `POST /fetch` (redirect and time limits applied).
-    pub fn fetcher(&self) -> &reqwest::Client {
-        &self.fetcher
+    /// Room for `bytes` more in flight (`edge.inflight_budget`): waits until
+    /// there is. The room is given back when the permit is dropped.
+    pub(crate) async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        // More than the whole budget: wait for all of it (the budget is at
+        // least two slices, so this only happens for a large memory-tier
+        // object on a small budget).
+        let total = u32::try_from(self.cfg.inflight_budget / 1024).unwrap_or(u32::MAX);
+        self.inflight
+            .clone()
+            .acquire_many_owned(kib.min(total))
+            .await
+            .ok()
+    }
+
+    /// The client listener's limits.
+    pub fn conn_limits(&self) -> crate::listener::ConnLimits {
+        crate::listener::ConnLimits {
+            max_connections: self.cfg.max_connections,
+            header_read_timeout: self.cfg.header_read_timeout,
+            idle_timeout: self.cfg.idle_timeout,
+            send_timeout: self.cfg.send_timeout,
+        }
+    }
+
+    /// Where `POST /fetch` may go (`edge.fetch_allow`).
+    pub fn fetch_policy(&self) -> &FetchPolicy {
+        &self.fetch_policy
+    }
+
+    /// `edge.fetch_max_redirects` and `edge.fetch_timeout`.
+    pub fn fetch_limits(&self) -> (usize, Duration) {
+        (self.cfg.fetch_max_redirects, self.cfg.fetch_timeout)
     }
 
     /// The edge URL of an object, percent-encoded.
@@ -136,18 +177,50 @@ impl Edge {
         }
     }
 
-    /// Records what the origin said about an object, here and in Redis.
-    pub(crate) async fn remember(&self, obj: &ObjectKey, meta: Option<ObjectMeta>) {
+    /// Records what the origin said about an object, here and in Redis,
+    /// unless the object was purged since generation `gen` (when the
+    /// origin was asked): then what was read is older than the purge.
+    /// Returns whether it was recorded.
+    pub(crate) async fn remember(
+        &self,
+        obj: &ObjectKey,
+        meta: Option<ObjectMeta>,
+        gen: u64,
+    ) -> bool {
+        let id = obj.cache_id();
+        if self.generations.current(&id) != gen {
+            return false;
+        }
         if let Some(s) = &self.shared {
+            let (generations, id) = (self.generations.clone(), id.clone());
             s.put(
                 obj,
                 meta.clone()
                     .map(SharedMeta::Found)
                     .unwrap_or(SharedMeta::Missing),
+                move || generations.current(&id) == gen,
             );
         }
-        self.remember_locally(obj.cache_id(), meta, Instant::now())
+        self.remember_locally(id.clone(), meta, Instant::now())
             .await;
+        if self.generations.current(&id) != gen {
+            self.meta.invalidate(&id).await;
+            return false;
+        }
+        true
+    }
+
+    /// Puts a whole object in the memory tier unless the object was purged
+    /// since generation `gen` (checked after the insert, see
+    /// [`crate::generation`]).
+    pub(crate) async fn keep_in_memory(&self, id: String, o: Arc<CachedObject>, gen: u64) {
+        if self.generations.current(&id) != gen {
+            return;
+        }
+        self.memory.insert(id.clone(), o).await;
+        if self.generations.current(&id) != gen {
+            self.memory.invalidate(&id).await;
+        }
     }
 
     /// Records metadata on this node only (learnt from Redis, say).
@@ -176,14 +249,17 @@ impl Edge {
     }
 
     /// Purges one object from every tier; false when Redis could not be
-    /// reached (the local tiers are purged regardless).
+    /// reached (the local tiers are purged regardless). Fills that started
+    /// before it will not store what they read.
     pub async fn purge(&self, obj: &ObjectKey) -> bool {
+        self.generations.bump(&obj.cache_id());
         self.forget(obj).await
     }
 
     /// Purges every object of `bucket` whose key starts with `prefix`;
     /// returns the Redis entries removed, or `None` when Redis failed.
     pub async fn purge_prefix(&self, bucket: &str, prefix: &str) -> Option<u64> {
+        self.generations.bump_all();
         let p = format!("{bucket}\u{0}{prefix}");
         let p2 = p.clone();
         let _ = self

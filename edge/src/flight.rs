@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -17,15 +18,21 @@ use crate::origin::OriginError;
 
 type Flight<T> = Shared<BoxFuture<'static, Result<T, OriginError>>>;
 
+/// A running flight and its number, so that only it removes itself (a later
+/// flight of the same key may have replaced it).
+type Entry<T> = (u64, Flight<T>);
+
 /// In-flight fetches by key.
 pub struct Flights<K, T> {
-    inflight: Arc<Mutex<HashMap<K, Flight<T>>>>,
+    inflight: Arc<Mutex<HashMap<K, Entry<T>>>>,
+    next: AtomicU64,
 }
 
 impl<K, T> Default for Flights<K, T> {
     fn default() -> Self {
         Flights {
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            next: AtomicU64::new(0),
         }
     }
 }
@@ -37,6 +44,26 @@ pub enum Role {
     Leader,
     /// Joined one already running.
     Waiter,
+}
+
+/// Removes a flight's entry when its task ends, however it ends: finished,
+/// failed, cancelled or panicked. Without it a panicking fetch would leave
+/// its entry behind, and every later request for the key would join a
+/// flight that can only fail.
+struct Landing<K: Eq + Hash, T> {
+    inflight: Arc<Mutex<HashMap<K, Entry<T>>>>,
+    key: Option<K>,
+    id: u64,
+}
+
+impl<K: Eq + Hash, T> Drop for Landing<K, T> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&key);
+        }
+    }
 }
 
 impl<K, T> Flights<K, T>
@@ -53,19 +80,19 @@ where
     {
         let (flight, role) = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = map.get(&key) {
+            if let Some((_, f)) = map.get(&key) {
                 (f.clone(), Role::Waiter)
             } else {
                 let fut = fetch();
-                let inflight = self.inflight.clone();
-                let k = key.clone();
+                let id = self.next.fetch_add(1, Ordering::Relaxed);
+                let landing = Landing {
+                    inflight: self.inflight.clone(),
+                    key: Some(key.clone()),
+                    id,
+                };
                 let task = tokio::spawn(async move {
-                    let r = fut.await;
-                    inflight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&k);
-                    r
+                    let _landing = landing;
+                    fut.await
                 });
                 let flight: Flight<T> = async move {
                     task.await.unwrap_or_else(|e| {
@@ -74,7 +101,7 @@ where
                 }
                 .boxed()
                 .shared();
-                map.insert(key, flight.clone());
+                map.insert(key, (id, flight.clone()));
                 (flight, Role::Leader)
             }
         };
@@ -98,7 +125,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     #[tokio::test]
@@ -145,5 +172,20 @@ mod tests {
         leader.abort();
         let (r, role) = flights.run(1, || async { Ok(8) }).await;
         assert_eq!((r, role), (Ok(7), Role::Waiter));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_leaves_no_entry_behind() {
+        let flights: Arc<Flights<u8, u32>> = Arc::new(Flights::default());
+        let (r, _) = flights
+            .run(1, || async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                panic!("fill bug")
+            })
+            .await;
+        assert!(matches!(r, Err(OriginError::Unavailable(_))), "{r:?}");
+        assert!(flights.is_empty(), "the panicked flight is gone");
+        let (r, role) = flights.run(1, || async { Ok(9) }).await;
+        assert_eq!((r, role), (Ok(9), Role::Leader));
     }
 }

@@ -150,3 +150,30 @@ mod tests {
         assert_eq!(object_key("/one", "weir", &buckets), Err(KeyError::Empty));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_path_decodes_to_a_safe_key_or_an_error(p in "/?[^\u{0}]{0,80}|/(%[0-9A-Fa-f]{2}|[a-z./]){0,40}") {
+            if let Ok(k) = object_key(&p, "weir", &[]) {
+                prop_assert!(!k.key.is_empty() && k.key.len() <= MAX_KEY_BYTES);
+                prop_assert!(!k.key.contains('\0'));
+                prop_assert!(!k.key.split('/').any(|s| s == ".."));
+            }
+        }
+
+        #[test]
+        fn encoding_a_key_and_decoding_it_gives_it_back(key in "[^\u{0}]{1,60}") {
+            prop_assume!(!key.split('/').any(|s| s == ".."));
+            let path = format!(
+                "/{}",
+                percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC)
+            );
+            prop_assert_eq!(object_key(&path, "weir", &[]).map(|k| k.key), Ok(key));
+        }
+    }
+}

@@ -13,11 +13,14 @@
 
 pub mod access;
 pub mod config;
+pub mod destination;
 pub mod edge;
 pub mod events;
 pub mod fill;
 pub mod flight;
+pub mod generation;
 pub mod keys;
+pub mod listener;
 pub mod lookup;
 pub mod meta;
 pub mod origin;

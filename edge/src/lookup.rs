@@ -135,10 +135,16 @@ impl Edge {
             }
         }
         let t = Instant::now();
+        // Keyed by purge generation too: a request after a purge never
+        // joins a fill that started before it.
+        let gen = self.generations.current(&id);
         let (res, role) = {
             let (edge, o) = (self.clone(), obj.clone());
             self.objects
-                .run(id.clone(), move || async move { edge.fill(o).await })
+                .run(
+                    (id.clone(), gen),
+                    move || async move { edge.fill(o, gen).await },
+                )
                 .await
         };
         let origin_us = t.elapsed().as_micros() as u64;
@@ -204,6 +210,7 @@ impl Edge {
     ) -> Result<Option<Reply>, Fail> {
         let (obj, id) = (&req.obj, req.obj.cache_id());
         let age = o.checked_at.elapsed();
+        let gen = self.generations.current(&id);
         let t = Instant::now();
         let (res, _) = {
             let (edge, obj) = (self.clone(), obj.clone());
@@ -217,13 +224,13 @@ impl Edge {
         let origin_us = t.elapsed().as_micros() as u64;
         match res {
             Ok(Some(m)) if m.etag == o.meta.etag => {
-                self.remember(obj, Some(m)).await;
+                self.remember(obj, Some(m), gen).await;
                 let fresh = Arc::new(CachedObject {
                     meta: o.meta.clone(),
                     body: o.body.clone(),
                     checked_at: Instant::now(),
                 });
-                self.memory.insert(id, fresh.clone()).await;
+                self.keep_in_memory(id, fresh.clone(), gen).await;
                 Ok(Some(self.reply_memory(
                     req,
                     &fresh,

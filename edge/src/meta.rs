@@ -36,9 +36,21 @@ struct Stored {
     last_modified: Option<u64>,
 }
 
+/// Redis as the edge uses it.
+pub struct SharedRedis {
+    /// The process's handle.
+    pub handle: Arc<RedisHandle>,
+    /// `redis.key_prefix`.
+    pub key_prefix: String,
+    /// `redis.timeout`: the bound on each operation, waiting for a
+    /// connection included.
+    pub timeout: Duration,
+}
+
 /// Reads and writes metadata entries in Redis.
 pub struct MetaStore {
     redis: Arc<RedisHandle>,
+    timeout: Duration,
     prefix: String,
     ttl: Duration,
     negative_ttl: Duration,
@@ -69,15 +81,15 @@ fn glob_escape(s: &str) -> String {
 impl MetaStore {
     /// Entries under `{key_prefix}:edge:meta:`.
     pub fn new(
-        redis: Arc<RedisHandle>,
-        key_prefix: &str,
+        redis: SharedRedis,
         ttl: Duration,
         negative_ttl: Duration,
         backoff: Duration,
     ) -> MetaStore {
         MetaStore {
-            redis,
-            prefix: format!("{key_prefix}:edge:meta:"),
+            redis: redis.handle,
+            timeout: redis.timeout,
+            prefix: format!("{}:edge:meta:", redis.key_prefix),
             ttl,
             negative_ttl,
             backoff,
@@ -88,6 +100,19 @@ impl MetaStore {
     fn key(&self, obj: &ObjectKey) -> String {
         // Bucket names cannot contain `:`.
         format!("{}{}:{}", self.prefix, obj.bucket, obj.key)
+    }
+
+    /// A connection within `redis.timeout`, however many callers wait for
+    /// one: the handle connects behind a lock, so without this bound a
+    /// black-holed Redis made the K-th concurrent caller wait K timeouts.
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        match tokio::time::timeout(self.timeout, self.redis.conn()).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "timed out waiting for a Redis connection",
+            ))),
+        }
     }
 
     fn available(&self) -> bool {
@@ -113,7 +138,7 @@ impl MetaStore {
             return None;
         }
         let res: Result<Option<String>, redis::RedisError> = async {
-            let mut c = self.redis.conn().await?;
+            let mut c = self.conn().await?;
             c.get(self.key(obj)).await
         }
         .await;
@@ -135,8 +160,15 @@ impl MetaStore {
         }
     }
 
-    /// Stores an entry in the background.
-    pub fn put(self: &Arc<Self>, obj: &ObjectKey, meta: SharedMeta) {
+    /// Stores an entry in the background, and deletes it again when
+    /// `still_current` says, once stored, that it was overtaken (purged
+    /// meanwhile).
+    pub fn put(
+        self: &Arc<Self>,
+        obj: &ObjectKey,
+        meta: SharedMeta,
+        still_current: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
         if !self.available() {
             return;
         }
@@ -161,8 +193,14 @@ impl MetaStore {
                 }
             };
             let res: Result<(), redis::RedisError> = async {
-                let mut c = this.redis.conn().await?;
-                c.pset_ex(key, value, ttl.as_millis().max(1) as u64).await
+                let mut c = this.conn().await?;
+                let () = c
+                    .pset_ex(&key, value, ttl.as_millis().max(1) as u64)
+                    .await?;
+                if !still_current() {
+                    let () = c.del(&key).await?;
+                }
+                Ok(())
             }
             .await;
             if let Err(e) = res {
@@ -173,7 +211,7 @@ impl MetaStore {
 
     /// Deletes one entry (purge, or an ETag found stale).
     pub async fn remove(&self, obj: &ObjectKey) -> Result<(), redis::RedisError> {
-        let mut c = self.redis.conn().await?;
+        let mut c = self.conn().await?;
         c.del(self.key(obj)).await
     }
 
@@ -184,7 +222,7 @@ impl MetaStore {
         bucket: &str,
         prefix: &str,
     ) -> Result<u64, redis::RedisError> {
-        let mut c = self.redis.conn().await?;
+        let mut c = self.conn().await?;
         let pattern = format!(
             "{}*",
             glob_escape(&format!("{}{bucket}:{prefix}", self.prefix))

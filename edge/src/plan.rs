@@ -7,13 +7,18 @@ use axum::http::{header, HeaderMap, StatusCode};
 
 use crate::origin::ObjectMeta;
 use crate::ranges::{
-    decide_range, if_range_holds, none_match_hits, not_modified_since, ByteRange, RangeDecision,
+    decide_range, if_range_holds, match_hits, modified_since, none_match_hits, not_modified_since,
+    ByteRange, RangeDecision,
 };
 
 /// The headers of a request that decide its reply, as sent (a value that is
 /// not visible ASCII counts as absent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Conditions<'a> {
+    /// `If-Match`.
+    pub if_match: Option<&'a str>,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: Option<&'a str>,
     /// `Range`.
     pub range: Option<&'a str>,
     /// `If-Range`.
@@ -29,6 +34,8 @@ impl<'a> Conditions<'a> {
     pub fn from_headers(h: &'a HeaderMap) -> Conditions<'a> {
         let get = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
         Conditions {
+            if_match: get(header::IF_MATCH),
+            if_unmodified_since: get(header::IF_UNMODIFIED_SINCE),
             range: get(header::RANGE),
             if_range: get(header::IF_RANGE),
             if_none_match: get(header::IF_NONE_MATCH),
@@ -40,6 +47,8 @@ impl<'a> Conditions<'a> {
 /// What to answer, before any byte is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
+    /// 412: a precondition (`If-Match`, `If-Unmodified-Since`) failed.
+    PreconditionFailed,
     /// 304: the client's copy is current.
     NotModified,
     /// 200 with the whole object.
@@ -54,6 +63,7 @@ impl Plan {
     /// The status this plan answers with.
     pub fn status(&self) -> StatusCode {
         match self {
+            Plan::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Plan::NotModified => StatusCode::NOT_MODIFIED,
             Plan::Full => StatusCode::OK,
             Plan::Partial(_) => StatusCode::PARTIAL_CONTENT,
@@ -92,9 +102,19 @@ pub fn plan(meta: &ObjectMeta, c: &Conditions<'_>, head: bool) -> ReplyPlan {
     ReplyPlan { plan, body }
 }
 
+/// RFC 9110 §13.2.2, in its order: If-Match (strong), else
+/// If-Unmodified-Since → 412; If-None-Match (weak), else If-Modified-Since →
+/// 304; then If-Range (strong) decides whether `Range` applies.
 fn decide(meta: &ObjectMeta, c: &Conditions<'_>) -> Plan {
-    // RFC 9110 §13.2.2: If-None-Match, when present, replaces
-    // If-Modified-Since.
+    if let Some(im) = c.if_match {
+        if !match_hits(im, &meta.etag) {
+            return Plan::PreconditionFailed;
+        }
+    } else if let Some(ius) = c.if_unmodified_since {
+        if modified_since(ius, meta.last_modified) {
+            return Plan::PreconditionFailed;
+        }
+    }
     if let Some(inm) = c.if_none_match {
         if none_match_hits(inm, &meta.etag) {
             return Plan::NotModified;
@@ -218,6 +238,56 @@ mod tests {
                 Full,
             ),
             (
+                "if-match fails before if-none-match",
+                Conditions {
+                    if_match: Some("\"v0\""),
+                    if_none_match: Some(ETAG),
+                    ..range
+                },
+                PreconditionFailed,
+            ),
+            (
+                "weak if-match never matches",
+                Conditions {
+                    if_match: Some("W/\"v1\""),
+                    ..none
+                },
+                PreconditionFailed,
+            ),
+            (
+                "if-match holds, range applies",
+                Conditions {
+                    if_match: Some("\"x\", \"v1\""),
+                    ..range
+                },
+                r(10, 19),
+            ),
+            (
+                "ius passed",
+                Conditions {
+                    if_unmodified_since: Some(BEFORE),
+                    ..none
+                },
+                PreconditionFailed,
+            ),
+            (
+                "ius holds",
+                Conditions {
+                    if_unmodified_since: Some(LM),
+                    ..none
+                },
+                Full,
+            ),
+            (
+                "if-match replaces ius",
+                Conditions {
+                    if_match: Some("*"),
+                    if_unmodified_since: Some(BEFORE),
+                    ..none
+                },
+                Full,
+            ),
+            (
                 "if-range by date",
                 Conditions {
                     if_range: Some(LM),
@@ -254,5 +324,129 @@ mod tests {
                 body: false
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Entity tags a client may send, and what each means for an object
+    /// whose ETag is `"v1"`: (text, matches strongly, matches weakly).
+    const TAGS: [(&str, bool, bool); 5] = [
+        ("\"v1\"", true, true),
+        ("W/\"v1\"", false, true),
+        ("\"v0\"", false, false),
+        ("*", true, true),
+        ("\"v0\", \"v1\"", true, true),
+    ];
+    /// Dates a client may send, against a Last-Modified of `LM`: (text,
+    /// ordering of the object's date to it; `None`: not a date).
+    const DATES: [(&str, Option<std::cmp::Ordering>); 4] = [
+        (
+            "Mon, 01 Jan 2001 00:00:00 GMT",
+            Some(std::cmp::Ordering::Greater),
+        ),
+        (
+            "Tue, 14 Nov 2023 22:13:20 GMT",
+            Some(std::cmp::Ordering::Equal),
+        ),
+        (
+            "Sun, 06 Nov 2044 08:49:37 GMT",
+            Some(std::cmp::Ordering::Less),
+        ),
+        ("yesterday", None),
+    ];
+
+    /// RFC 9110 §13.2.2 stated over the meanings above, not over text.
+    fn model(
+        im: Option<usize>,
+        ius: Option<usize>,
+        inm: Option<usize>,
+        ims: Option<usize>,
+        ir: Option<usize>,
+    ) -> Plan {
+        use std::cmp::Ordering::Greater;
+        if let Some(i) = im {
+            if !TAGS[i].1 {
+                return Plan::PreconditionFailed;
+            }
+        } else if let Some(d) = ius {
+            if DATES[d].1 == Some(Greater) {
+                return Plan::PreconditionFailed;
+            }
+        }
+        if let Some(i) = inm {
+            if TAGS[i].2 {
+                return Plan::NotModified;
+            }
+        } else if let Some(d) = ims {
+            if DATES[d].1.is_some_and(|o| o != Greater) {
+                return Plan::NotModified;
+            }
+        }
+        // If-Range takes one tag or one date; tags index 0..5, dates 5..9.
+        let range_holds = match ir {
+            None => true,
+            Some(i) if i < TAGS.len() => TAGS[i].0 == "\"v1\"",
+            Some(i) => DATES[i - TAGS.len()].1 == Some(std::cmp::Ordering::Equal),
+        };
+        if range_holds {
+            Plan::Partial(ByteRange { start: 0, end: 9 })
+        } else {
+            Plan::Full
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn preconditions_agree_with_the_model(
+            im in proptest::option::of(0..TAGS.len()),
+            ius in proptest::option::of(0..DATES.len()),
+            inm in proptest::option::of(0..TAGS.len()),
+            ims in proptest::option::of(0..DATES.len()),
+            ir in proptest::option::of(0..TAGS.len() + DATES.len()),
+            head in any::<bool>(),
+        ) {
+            let meta = ObjectMeta {
+                size: 100,
+                etag: "\"v1\"".into(),
+                content_type: "x".into(),
+                last_modified: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_900)),
+            };
+            let c = Conditions {
+                if_match: im.map(|i| TAGS[i].0),
+                if_unmodified_since: ius.map(|d| DATES[d].0),
+                if_none_match: inm.map(|i| TAGS[i].0),
+                if_modified_since: ims.map(|d| DATES[d].0),
+                if_range: ir.map(|i| if i < TAGS.len() { TAGS[i].0 } else { DATES[i - TAGS.len()].0 }),
+                range: Some("bytes=0-9"),
+            };
+            let got = plan(&meta, &c, head);
+            prop_assert_eq!(got.plan, model(im, ius, inm, ims, ir));
+            prop_assert_eq!(got.body, !head && matches!(got.plan, Plan::Full | Plan::Partial(_)));
+        }
+
+        #[test]
+        fn any_header_text_is_decided_without_panic(
+            v in proptest::collection::vec(proptest::option::of(".{0,40}"), 6),
+            size in any::<u64>(),
+        ) {
+            let meta = ObjectMeta { size, etag: "\"v1\"".into(), content_type: "x".into(), last_modified: None };
+            let c = Conditions {
+                if_match: v[0].as_deref(),
+                if_unmodified_since: v[1].as_deref(),
+                if_none_match: v[2].as_deref(),
+                if_modified_since: v[3].as_deref(),
+                if_range: v[4].as_deref(),
+                range: v[5].as_deref(),
+            };
+            let p = plan(&meta, &c, false);
+            if let Some(r) = p.plan.bytes(size) {
+                prop_assert!(r.start <= r.end && r.end < size);
+            }
+        }
     }
 }

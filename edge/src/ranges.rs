@@ -43,7 +43,13 @@ pub enum RangeDecision {
 
 /// Parses a `Range` header against an object of `size` bytes.
 pub fn decide_range(header: &str, size: u64) -> RangeDecision {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+    // The range unit is case-insensitive (RFC 9110 §14.1).
+    let h = header.trim();
+    let Some(spec) = h
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &h[6..])
+    else {
         return RangeDecision::Full;
     };
     if spec.contains(',') {
@@ -122,6 +128,32 @@ pub fn none_match_hits(header: &str, etag: &str) -> bool {
         .any(|(_, theirs)| theirs == ours)
 }
 
+/// `If-Match` against the object's ETag, with the strong comparison the
+/// RFC prescribes for this header: `*` matches any existing object, a weak
+/// tag never matches.
+pub fn match_hits(header: &str, etag: &str) -> bool {
+    if header.trim() == "*" {
+        return true;
+    }
+    let Some((false, ours)) = parse_tag(etag) else {
+        return false;
+    };
+    header
+        .split(',')
+        .filter_map(parse_tag)
+        .any(|(weak, theirs)| !weak && theirs == ours)
+}
+
+/// `If-Unmodified-Since`: true when the object was modified after that date
+/// (answer 412). An unparsable date, or an object without a date, is
+/// ignored.
+pub fn modified_since(header: &str, last_modified: Option<SystemTime>) -> bool {
+    match (httpdate::parse_http_date(header.trim()), last_modified) {
+        (Ok(since), Some(lm)) => truncate_secs(lm) > since,
+        _ => false,
+    }
+}
+
 /// `If-Range`: the range applies only when the validator matches strongly
 /// (same strong ETag, or exactly the Last-Modified date).
 pub fn if_range_holds(header: &str, etag: &str, last_modified: Option<SystemTime>) -> bool {
@@ -184,6 +216,10 @@ mod tests {
             ("bytes= 1 - 2 ", r(1, 2)),
             ("bytes=-", Full),
             ("bytes=+1-2", Full),
+            ("Bytes=1-2", r(1, 2)),
+            ("BYTES=-1", r(999, 999)),
+            ("bytes", Full),
+            ("é", Full),
         ];
         for (h, want) in cases {
             assert_eq!(decide_range(h, size), want, "{h}");
@@ -200,6 +236,11 @@ mod tests {
         assert!(none_match_hits("W/\"abc\"", etag));
         assert!(!none_match_hits("\"abcd\"", etag));
         assert!(!none_match_hits("abc", etag));
+        assert!(match_hits("*", etag));
+        assert!(match_hits("\"x\", \"abc\"", etag));
+        assert!(!match_hits("W/\"abc\"", etag));
+        assert!(!match_hits("\"x\"", etag));
+        assert!(!match_hits("\"abc\"", "W/\"abc\""));
         assert!(if_range_holds("\"abc\"", etag, None));
         assert!(!if_range_holds("W/\"abc\"", etag, None));
         assert!(!if_range_holds("\"old\"", etag, None));
@@ -217,5 +258,61 @@ mod tests {
             Some(lm)
         ));
         assert!(!not_modified_since("yesterday", Some(lm)));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The range rules, stated over numbers rather than text.
+    fn model(a: Option<u64>, b: Option<u64>, size: u64) -> RangeDecision {
+        match (a, b) {
+            (None, None) => RangeDecision::Full,
+            (None, Some(n)) if n == 0 || size == 0 => RangeDecision::Unsatisfiable,
+            (None, Some(n)) => RangeDecision::Partial(ByteRange {
+                start: size - n.min(size),
+                end: size - 1,
+            }),
+            (Some(a), Some(b)) if b < a => RangeDecision::Full,
+            (Some(a), _) if a >= size => RangeDecision::Unsatisfiable,
+            (Some(a), b) => RangeDecision::Partial(ByteRange {
+                start: a,
+                end: b.unwrap_or(u64::MAX).min(size - 1),
+            }),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_is_answered_within_the_object(h in ".{0,64}", size in 0u64..u64::MAX) {
+            if let RangeDecision::Partial(r) = decide_range(&h, size) {
+                prop_assert!(r.start <= r.end && r.end < size);
+            }
+        }
+
+        #[test]
+        fn well_formed_ranges_agree_with_the_model(
+            a in proptest::option::of(0u64..20_000),
+            b in proptest::option::of(0u64..20_000),
+            size in 0u64..10_000,
+            upper in any::<bool>(),
+            pad in "[ ]{0,2}",
+        ) {
+            let unit = if upper { "BYTES=" } else { "bytes=" };
+            let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+            let h = format!("{pad}{unit}{}-{pad}{}", num(a), num(b));
+            prop_assert_eq!(decide_range(&h, size), model(a, b, size), "{}", h);
+        }
+
+        #[test]
+        fn validators_never_panic(h in ".{0,64}", etag in ".{0,16}") {
+            let _ = match_hits(&h, &etag);
+            let _ = none_match_hits(&h, &etag);
+            let _ = if_range_holds(&h, &etag, Some(SystemTime::UNIX_EPOCH));
+            let _ = modified_since(&h, Some(SystemTime::UNIX_EPOCH));
+            let _ = not_modified_since(&h, None);
+        }
     }
 }

@@ -14,10 +14,12 @@ use weir_schemas::CacheOutcome;
 
 use crate::edge::Edge;
 use crate::events::ResponseCut;
+use crate::fill::SliceData;
 use crate::keys::ObjectKey;
 use crate::lookup::{origin_error, Fail, ObjectRequest};
 use crate::origin::{ObjectMeta, OriginError};
 use crate::plan::{plan, Plan};
+use crate::ranges::ByteRange;
 use crate::tiers::CachedObject;
 
 /// An answer before access accounting.
@@ -85,6 +87,12 @@ impl Edge {
         let size = meta.size;
         match plan {
             Plan::NotModified => {}
+            Plan::PreconditionFailed => {
+                // Nothing about this answer may be cached.
+                h.remove(header::CACHE_CONTROL);
+                h.remove(header::AGE);
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
             Plan::Unsatisfiable => {
                 h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
@@ -142,74 +150,128 @@ impl Edge {
             Some(r) if p.body => r,
             _ => return Ok(found.reply(p.plan.status(), headers, ReplyBody::Empty)),
         };
-        let s = self.cfg.slice_size;
-        let (first, last) = (r.start / s, r.end / s);
+        let first = r.start / self.cfg.slice_size;
         // The first slice is fetched before answering, so that a failure
         // becomes a proper status rather than a cut response.
-        let first_bytes = match self.slice(&req.obj, &found.meta, first).await {
-            Ok(b) => b,
+        let first_data = match self.slice(&req.obj, &found.meta, first).await {
+            Ok(d) => d,
             Err(OriginError::Changed) => return Err(Fail::Changed),
             Err(e) => return Err(origin_error(e).into()),
-        };
-        let cut = move |b: Bytes, i: u64| -> Bytes {
-            let slice_start = i * s;
-            let from = r.start.saturating_sub(slice_start) as usize;
-            let to = ((r.end + 1 - slice_start) as usize).min(b.len());
-            b.slice(from..to)
         };
         let stream = slice_stream(
             self.clone(),
             req.obj.clone(),
             found.meta.clone(),
-            first,
-            last,
-        )
-        .enumerate()
-        .map(move |(n, item)| item.map(|b| cut(b, first + 1 + n as u64)));
-        let head = futures::stream::once(async move { Ok(cut(first_bytes, first)) });
-        Ok(found.reply(
-            p.plan.status(),
-            headers,
-            ReplyBody::Stream(head.chain(stream).boxed()),
-        ))
+            r,
+            first_data,
+        );
+        Ok(found.reply(p.plan.status(), headers, ReplyBody::Stream(stream)))
     }
 }
 
-/// Slices `first + 1 ..= last`, with one slice of read-ahead: the next
-/// slice is on its way while this one is sent, so memory per response stays
-/// at two slices. Ends with an error (cutting the response short, the only
-/// honest answer once headers are sent: the client sees an incomplete body,
-/// never bytes of two versions) when a slice fails.
+/// Bytes sent per chunk of a streamed response; each chunk in flight is
+/// counted in `edge.inflight_budget`. With the connection's write buffer
+/// capped at one chunk ([`crate::listener`]), a client that stops reading
+/// holds about two chunks of memory, not a slice.
+pub(crate) const CHUNK: u64 = 64 * 1024;
+
+/// The bytes `r` asks for, slice after slice, the first slice given, with
+/// one slice of read-ahead (the next slice is fetched, or found on disk,
+/// while this one is sent). Ends with an error (cutting the response
+/// short, the only honest answer once headers are sent: the client sees an
+/// incomplete body, never bytes of two versions) when a slice fails.
 fn slice_stream(
     edge: Arc<Edge>,
     obj: ObjectKey,
     meta: ObjectMeta,
-    first: u64,
-    last: u64,
+    r: ByteRange,
+    first_data: SliceData,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let s = edge.cfg.slice_size;
+    let (first, last) = (r.start / s, r.end / s);
     async_stream::stream! {
         let fetch = |i: u64| {
             let (e, o, m) = (edge.clone(), obj.clone(), meta.clone());
             tokio::spawn(async move { e.slice(&o, &m, i).await })
         };
         let mut next = (first < last).then(|| fetch(first + 1));
-        let mut i = first + 1;
-        while let Some(task) = next.take() {
-            let res = task.await.unwrap_or_else(|e| Err(OriginError::Unavailable(e.to_string())));
-            if i < last {
-                next = Some(fetch(i + 1));
-            }
-            match res {
-                Ok(b) => yield Ok(b),
+        let mut current: Result<SliceData, OriginError> = Ok(first_data);
+        let mut i = first;
+        loop {
+            let data = match current {
+                Ok(d) => d,
                 Err(e) => {
                     ResponseCut { key: &obj.key, slice: i, error: &e }.emit();
                     if let Some(t) = next.take() { t.abort(); }
                     yield Err(std::io::Error::other(e.to_string()));
                     break;
                 }
+            };
+            // The part of slice `i` within the range.
+            let slice_start = i * s;
+            let from = r.start.saturating_sub(slice_start);
+            let to = (r.end + 1 - slice_start).min(s);
+            let mut reader = SliceReader::new(data, from, to);
+            loop {
+                let permit = edge.reserve(CHUNK).await;
+                match reader.next_chunk().await {
+                    Ok(Some(chunk)) => {
+                        let _permit = permit;
+                        yield Ok(chunk);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                }
             }
+            let Some(task) = next.take() else { break };
+            current = task.await.unwrap_or_else(|e| Err(OriginError::Unavailable(e.to_string())));
             i += 1;
+            if i < last {
+                next = Some(fetch(i + 1));
+            }
         }
     }
     .boxed()
+}
+
+/// Reads `from..to` of one slice in chunks of [`CHUNK`].
+struct SliceReader {
+    data: SliceData,
+    pos: u64,
+    to: u64,
+}
+
+impl SliceReader {
+    fn new(data: SliceData, from: u64, to: u64) -> SliceReader {
+        SliceReader {
+            data,
+            pos: from,
+            to,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        if self.pos >= self.to {
+            return Ok(None);
+        }
+        let n = CHUNK.min(self.to - self.pos);
+        let chunk = match &self.data {
+            SliceData::Bytes(b) => b.slice(self.pos as usize..(self.pos + n) as usize),
+            SliceData::File { file, base } => {
+                let (file, at) = (file.clone(), base + self.pos);
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; n as usize];
+                    file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??
+            }
+        };
+        self.pos += n;
+        Ok(Some(chunk))
+    }
 }

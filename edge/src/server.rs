@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -24,7 +24,7 @@ use weir_core::http::ApiError;
 use weir_core::InternalEventHandle;
 use weir_schemas::CacheOutcome;
 
-use crate::access::AccessRecord;
+use crate::access::{loggable_key, AccessRecord};
 use crate::edge::Edge;
 use crate::events::{outcome_label, Served};
 use crate::keys::object_key;
@@ -49,6 +49,7 @@ pub fn admin_router(edge: Arc<Edge>) -> Router {
             post(crate::upload::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/fetch", post(crate::upload::fetch))
+        .layer(axum::middleware::from_fn(crate::upload::same_origin_only))
         .with_state(edge)
 }
 
@@ -62,20 +63,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(edge.clone());
+    let limits = edge.conn_limits();
     let admin_app = admin_router(edge).merge(extra_admin);
     info!(client = %client.local_addr()?, admin = %admin.local_addr()?, "edge listening");
     let (s1, s2) = (shutdown.clone(), shutdown);
-    let c = axum::serve(
-        client,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { s1.cancelled().await });
+    let c = crate::listener::serve_limited(client, app, limits, s1);
     let a =
         axum::serve(admin, admin_app).with_graceful_shutdown(async move { s2.cancelled().await });
-    tokio::try_join!(
-        std::future::IntoFuture::into_future(c),
-        std::future::IntoFuture::into_future(a)
-    )?;
+    tokio::try_join!(c, std::future::IntoFuture::into_future(a))?;
     Ok(())
 }
 
@@ -110,7 +105,12 @@ impl Drop for AccessGuard {
 
 /// An error as a [`Reply`], so that it is accounted like any answer.
 async fn error_reply(e: ApiError, head: bool) -> Reply {
-    let (parts, body) = e.into_response().into_parts();
+    let (mut parts, body) = e.into_response().into_parts();
+    if parts.status == StatusCode::METHOD_NOT_ALLOWED {
+        parts
+            .headers
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
@@ -189,7 +189,7 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
         ts,
         request_id: request_id.clone(),
         method: method.to_string(),
-        object_key: key_for_log,
+        object_key: loggable_key(&key_for_log),
         range,
         status: status.as_u16(),
         bytes_sent: 0,

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use moka::future::Cache;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::origin::ObjectMeta;
 
@@ -59,17 +60,55 @@ struct SliceFile {
 }
 
 /// Slices of large objects in files under a directory, indexed in memory.
+///
+/// The directory belongs to one process: [`DiskTier::open`] takes an
+/// exclusive lock (`flock`) on `weir-slices.lock` beside it, held as long
+/// as the tier lives, and refuses a directory another process holds —
+/// rather than emptying it under that process, or overwriting its slices.
+/// Each slice file also starts with the slice's identity (cache id, ETag,
+/// index), checked on every read, so a file that is not the slice asked for
+/// is a miss, never wrong bytes.
 #[derive(Clone)]
 pub struct DiskTier {
     dir: PathBuf,
     index: Cache<String, Arc<SliceFile>>,
     next: Arc<AtomicU64>,
+    _lock: Arc<Flock<std::fs::File>>,
+}
+
+/// First bytes of every slice file; followed by the id's length (u32, big
+/// endian), the id, then the slice's bytes.
+const MAGIC: &[u8; 8] = b"WEIRSLC1";
+
+fn slice_header(id: &str) -> Vec<u8> {
+    let mut h = Vec::with_capacity(MAGIC.len() + 4 + id.len());
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    h.extend_from_slice(id.as_bytes());
+    h
 }
 
 impl DiskTier {
     /// Uses `dir/weir-slices` (created, and emptied: the index is not kept
-    /// across restarts) with a budget of `budget` bytes.
+    /// across restarts) with a budget of `budget` bytes. Fails when another
+    /// process uses `dir`.
     pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
+        std::fs::create_dir_all(dir)?;
+        let lock_path = dir.join("weir-slices.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another process ({e}); give each edge its own edge.disk_dir",
+                    lock_path.display()
+                ),
+            )
+        })?;
         let dir = dir.join("weir-slices");
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
@@ -87,6 +126,7 @@ impl DiskTier {
             dir,
             index,
             next: Arc::new(AtomicU64::new(0)),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -94,13 +134,53 @@ impl DiskTier {
     /// treated as a miss).
     pub async fn get(&self, id: &str, expected_len: u64) -> Option<Bytes> {
         let f = self.index.get(id).await?;
+        let header = slice_header(id);
         match tokio::fs::read(&f.path).await {
-            Ok(b) if b.len() as u64 == expected_len => Some(Bytes::from(b)),
+            Ok(b)
+                if b.len() as u64 == header.len() as u64 + expected_len
+                    && b.starts_with(&header) =>
+            {
+                Some(Bytes::from(b).slice(header.len()..))
+            }
             _ => {
                 self.index.invalidate(id).await;
                 None
             }
         }
+    }
+
+    /// Whether a slice is indexed (its file may still turn out unusable).
+    pub async fn contains(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// A slice's file and the offset of its first byte, after checking that
+    /// it is the slice asked for; `None` as [`DiskTier::get`]. Streaming
+    /// from the file (positioned reads, no buffer kept between them) keeps a
+    /// response's memory at one chunk, not one slice.
+    pub async fn open_slice(
+        &self,
+        id: &str,
+        expected_len: u64,
+    ) -> Option<(Arc<std::fs::File>, u64)> {
+        use tokio::io::AsyncReadExt;
+        let f = self.index.get(id).await?;
+        let header = slice_header(id);
+        let checked = async {
+            let mut file = tokio::fs::File::open(&f.path).await.ok()?;
+            let len = file.metadata().await.ok()?.len();
+            let mut got = vec![0u8; header.len()];
+            file.read_exact(&mut got).await.ok()?;
+            if got != header || len != header.len() as u64 + expected_len {
+                return None;
+            }
+            Some((Arc::new(file.into_std().await), header.len() as u64))
+        }
+        .await;
+        if checked.is_none() {
+            self.index.invalidate(id).await;
+        }
+        checked
     }
 
     /// Writes a slice (to a temporary name, then renamed, so a reader never
@@ -109,7 +189,9 @@ impl DiskTier {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{n}.tmp"));
         let path = self.dir.join(format!("{n}.slice"));
-        tokio::fs::write(&tmp, body).await?;
+        let mut file = slice_header(&id);
+        file.extend_from_slice(body);
+        tokio::fs::write(&tmp, file).await?;
         tokio::fs::rename(&tmp, &path).await?;
         self.index
             .insert(
@@ -154,6 +236,53 @@ mod tests {
             .expect("dir")
             .count();
         assert!(files <= 10, "{files} files for a budget of 10");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_take_a_disk_dir_in_use() {
+        let dir = std::env::temp_dir().join(format!("weir-tier-lock-{}", std::process::id()));
+        let a = DiskTier::open(&dir, 1 << 20).expect("first open");
+        let body = Bytes::from(vec![1u8; 100]);
+        a.put("s".into(), &body).await.expect("put");
+        let b = DiskTier::open(&dir, 1 << 20);
+        let err = b.err().expect("the second open is refused");
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert_eq!(
+            a.get("s", 100).await,
+            Some(body),
+            "the first one's slices survive"
+        );
+        drop(a);
+        assert!(
+            DiskTier::open(&dir, 1 << 20).is_ok(),
+            "free once the first is gone"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_slice_file_holding_another_slice_is_a_miss() {
+        let dir = std::env::temp_dir().join(format!("weir-tier-id-{}", std::process::id()));
+        let tier = DiskTier::open(&dir, 1 << 20).expect("open");
+        tier.put("one".into(), &Bytes::from(vec![1u8; 100]))
+            .await
+            .expect("put");
+        tier.put("two".into(), &Bytes::from(vec![2u8; 100]))
+            .await
+            .expect("put");
+        let path = |id: &str| {
+            let t = tier.clone();
+            let id = id.to_string();
+            async move { t.index.get(&id).await.expect("indexed").path.clone() }
+        };
+        // Another writer replaced one's file with a slice of the same length.
+        std::fs::copy(path("two").await, path("one").await).expect("overwrite");
+        assert_eq!(tier.get("one", 100).await, None);
+        assert_eq!(
+            tier.get("two", 100).await,
+            Some(Bytes::from(vec![2u8; 100]))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,9 @@
 //! be offered to the public. Bodies are read up to `edge.upload_max` bytes
 //! (413 past it) and then stored with one `PutObject`; a fetch follows at
 //! most `edge.fetch_max_redirects` redirects and gives up after
-//! `edge.fetch_timeout`. Any cached copy of the key is purged, so the edge
+//! `edge.fetch_timeout`; it never goes to an internal address unless
+//! `edge.fetch_allow` says so ([`crate::destination`]), and admin writes from
+//! another site's web page are refused ([`same_origin_only`]). Any cached copy of the key is purged, so the edge
 //! serves the new object at once.
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use aws_sdk_s3::primitives::ByteStream;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
@@ -22,6 +25,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::destination::Refused;
 use crate::edge::Edge;
 use crate::keys::{object_key, ObjectKey};
 use weir_core::http::ApiError;
@@ -143,25 +147,69 @@ pub async fn upload(
 }
 
 /// `POST /fetch`: reads `url` (following a few redirects, within the size
-/// limit and the timeout) and stores it under `key`.
+/// limit and the timeout) and stores it under `key`. Every hop's
+/// destination is resolved and checked here ([`crate::destination`]) and
+/// the connection is pinned to the checked addresses.
 pub async fn fetch(
     State(edge): State<Arc<Edge>>,
     Json(req): Json<FetchRequest>,
 ) -> Result<Response, ApiError> {
     let obj = key_of(&edge, &req.key)?;
-    if !req.url.starts_with("http://") {
-        return Err(ApiError::bad_request("url: only http:// URLs are fetched"));
-    }
-    let max = edge.upload_max();
-    let resp = edge.fetcher().get(&req.url).send().await.map_err(|e| {
-        if e.is_redirect() {
-            ApiError::bad_request("url: too many redirects")
-        } else if e.is_timeout() {
-            ApiError::gateway_timeout()
-        } else {
-            ApiError::bad_gateway(e)
+    let (max_redirects, timeout) = edge.fetch_limits();
+    let (body, ctype) = tokio::time::timeout(timeout, download(&edge, &req.url, max_redirects))
+        .await
+        .map_err(|_| ApiError::gateway_timeout())??;
+    store(&edge, obj, body, ctype).await
+}
+
+fn refused(e: Refused) -> ApiError {
+    match e {
+        Refused::Forbidden { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
         }
-    })?;
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+async fn download(
+    edge: &Edge,
+    url: &str,
+    max_redirects: usize,
+) -> Result<(Bytes, Option<String>), ApiError> {
+    let mut url =
+        reqwest::Url::parse(url).map_err(|e| ApiError::bad_request(format!("url: {e}")))?;
+    let max = edge.upload_max();
+    let mut hops = 0;
+    let resp = loop {
+        let (host, addrs) = edge.fetch_policy().resolve(&url).await.map_err(refused)?;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(&host, &addrs)
+            .no_proxy()
+            .build()
+            .map_err(ApiError::bad_gateway)?;
+        let resp = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(ApiError::bad_gateway)?;
+        if !resp.status().is_redirection() {
+            break resp;
+        }
+        let Some(next) = resp
+            .headers()
+            .get(axum::http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| url.join(l).ok())
+        else {
+            break resp;
+        };
+        hops += 1;
+        if hops > max_redirects {
+            return Err(ApiError::bad_request("url: too many redirects"));
+        }
+        url = next;
+    };
     if !resp.status().is_success() {
         return Err(ApiError::bad_gateway(format!(
             "source answered {}",
@@ -179,17 +227,43 @@ pub async fn fetch(
     let mut buf = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if e.is_timeout() {
-                ApiError::gateway_timeout()
-            } else {
-                ApiError::bad_gateway(e)
-            }
-        })?;
+        let chunk = chunk.map_err(ApiError::bad_gateway)?;
         if (buf.len() + chunk.len()) as u64 > max {
             return Err(too_large(max));
         }
         buf.extend_from_slice(&chunk);
     }
-    store(&edge, obj, buf.freeze(), ctype).await
+    Ok((buf.freeze(), ctype))
+}
+
+/// Refuses admin writes a browser sends on behalf of another site (a form
+/// on a web page posting to the admin address): `Sec-Fetch-Site` other than
+/// `same-origin` or `none`, or an `Origin` whose host is not the one
+/// addressed. Clients that are not browsers send neither and pass.
+pub async fn same_origin_only(req: axum::extract::Request, next: Next) -> Response {
+    use axum::http::header;
+    let h = req.headers();
+    let text = |n: header::HeaderName| h.get(n).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let cross_site = match text(header::HeaderName::from_static("sec-fetch-site")) {
+        Some(site) => !matches!(site, "same-origin" | "none"),
+        None => false,
+    };
+    let foreign_origin = match (text(header::ORIGIN), text(header::HOST)) {
+        (Some(origin), host) => {
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+            origin_host.is_none() || origin_host != host
+        }
+        (None, _) => false,
+    };
+    let writes =
+        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    if writes && (cross_site || foreign_origin) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "admin writes are not accepted from another site",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }

@@ -3,7 +3,7 @@
 //! front of S3 that counts request lines, not by the edge's own metrics.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use weir_core::{RedisConfig, RedisHandle};
 use weir_edge::access::AccessLog;
+use weir_edge::meta::SharedRedis;
 use weir_edge::origin::Origin;
 use weir_edge::{Edge, EdgeConfig};
 use weir_producers::{EventProducer, KafkaConfig};
@@ -26,10 +27,12 @@ mod support;
 use support::s3_config;
 use weir_testkit::{stack, unique, PrivateService, TestRedis, TestTopics};
 
-/// Counts `GET` request lines going to the origin.
+/// Counts `GET` request lines going to the origin, and holds each chunk of
+/// the origin's answers for `delay_ms` (0: forwards at once).
 struct CountingProxy {
     addr: SocketAddr,
     gets: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl CountingProxy {
@@ -37,10 +40,11 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let gets = Arc::new(AtomicUsize::new(0));
-        let g = gets.clone();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (g, d) = (gets.clone(), delay_ms.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let (g, up) = (g.clone(), upstream.clone());
+                let (g, d, up) = (g.clone(), d.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&up).await else {
                         return;
@@ -70,14 +74,31 @@ impl CountingProxy {
                         let _ = sw.shutdown().await;
                     };
                     let down = async {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let delay = d.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
                         let _ = cw.shutdown().await;
                     };
                     tokio::join!(up, down);
                 });
             }
         });
-        CountingProxy { addr, gets }
+        CountingProxy {
+            addr,
+            gets,
+            delay_ms,
+        }
     }
 
     fn gets(&self) -> usize {
@@ -148,10 +169,11 @@ async fn start(mut opts: Options) -> Harness {
     let edge = Edge::new(
         opts.edge,
         &s3cfg,
-        Some((
-            Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
-            redis_cfg.key_prefix.clone(),
-        )),
+        Some(SharedRedis {
+            handle: Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
+            key_prefix: redis_cfg.key_prefix.clone(),
+            timeout: redis_cfg.timeout,
+        }),
         opts.access,
     )
     .expect("edge builds");
@@ -836,6 +858,14 @@ async fn one_access_event_per_request() {
             .as_u16(),
     );
     assert_eq!(statuses, [200, 206, 200, 404]);
+    // Hostile paths: an unbounded raw path (400 and 405) and a control
+    // character in a key must not reach the access pipeline as they are.
+    let long = format!("/{}", "x".repeat(3100));
+    assert_eq!(h.get(&long, &[]).await.status(), 400);
+    let post = h.http.post(format!("{}{long}", h.url)).send().await;
+    assert_eq!(post.expect("post").status(), 405);
+    let ctl = format!("/{}/a%01b%7F", h.prefix);
+    assert_eq!(h.get(&ctl, &[]).await.status(), 404);
 
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &st.kafka)
@@ -845,14 +875,14 @@ async fn one_access_event_per_request() {
         .expect("consumer");
     c.subscribe(&[&topics.access]).expect("subscribe");
     let mut events: Vec<AccessEvent> = Vec::new();
-    while events.len() < 4 {
+    while events.len() < 7 {
         let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
             .await
             .expect("access events arrive")
             .expect("record");
         events.push(weir_schemas::decode::<AccessEvent>(m.payload()).expect("decodes"));
     }
-    let summary: Vec<(u16, CacheOutcome, u64)> = events
+    let summary: Vec<(u16, CacheOutcome, u64)> = events[..4]
         .iter()
         .map(|e| (e.status, e.cache, e.bytes_sent))
         .collect();
@@ -868,9 +898,20 @@ async fn one_access_event_per_request() {
     assert!(events.iter().all(|e| e.node_id == node));
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(events[1].range.as_deref(), Some("bytes=0-4"));
+    for e in &events[4..6] {
+        assert!(e.object_key.len() <= 512, "{} bytes", e.object_key.len());
+        assert!(e.object_key.ends_with("[truncated]"), "{}", e.object_key);
+    }
+    assert_eq!(
+        events[6].object_key,
+        format!("{}/a\u{fffd}b\u{fffd}", h.prefix)
+    );
+    assert!(events
+        .iter()
+        .all(|e| !e.object_key.chars().any(char::is_control)));
     h.delete(&key).await;
 }
 
@@ -902,6 +943,8 @@ async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
     let mut opts = Options::default();
     opts.edge.upload_max = 4096;
     opts.edge.public_url = "http://edge.example".into();
+    // The test's sources listen on loopback, which is refused by default.
+    opts.edge.fetch_allow = vec!["127.0.0.1/32".into()];
     let h = start(opts).await;
     let key = h.key("up/hello world.txt");
     let boundary = "weirboundary42";
@@ -1014,4 +1057,234 @@ async fn bucket_in_the_path_when_several_buckets_are_served() {
         400
     );
     h.delete(&key).await;
+}
+
+/// A purge (here after an upload to S3) racing a fill that read the old
+/// version before it: the old fill must not land in any tier or in Redis
+/// after the purge, and requests after the purge must not join it.
+#[tokio::test]
+async fn a_purge_wins_over_a_fill_that_started_before_it() {
+    let s3 = s3_config(None);
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = CountingProxy::start(upstream).await;
+    let h = start(Options {
+        s3_endpoint: Some(format!("http://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    let key = h.key("race.txt");
+    h.put(&key, Bytes::from_static(b"old")).await;
+    // The fill reads the old version now; its answer reaches the edge late.
+    proxy.delay_ms.store(1500, Ordering::SeqCst);
+    let early = {
+        let (http, url) = (h.http.clone(), format!("{}/{key}", h.url));
+        tokio::spawn(async move { http.get(url).send().await.expect("get").bytes().await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.put(&key, Bytes::from_static(b"new")).await;
+    let r = h
+        .http
+        .delete(format!("{}/cache/{key}", h.admin))
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    proxy.delay_ms.store(0, Ordering::SeqCst);
+    // After the purge: a fresh fill, not the old flight.
+    let after = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(
+        after.bytes().await.expect("body"),
+        "new",
+        "joined the old flight"
+    );
+    // The early request got the version it asked for.
+    assert_eq!(early.await.expect("task").expect("body"), "old");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old fill landed nowhere: not in memory, not in Redis.
+    for _ in 0..3 {
+        let again = h.get(&format!("/{key}"), &[]).await;
+        assert_eq!(again.bytes().await.expect("body"), "new", "old fill landed");
+    }
+    let redis = h._redis.as_ref().expect("test redis");
+    let mut c = redis.conn().await;
+    let stored: Option<String> = redis::AsyncCommands::get(
+        &mut c,
+        format!("{}:edge:meta:{}:{key}", redis.prefix, h.bucket),
+    )
+    .await
+    .expect("redis get");
+    let new_etag =
+        h.s3.head_object()
+            .bucket(&h.bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("head")
+            .e_tag()
+            .unwrap_or_default()
+            .to_string();
+    if let Some(v) = stored {
+        assert!(
+            v.contains(&new_etag.replace('"', "\\\"")),
+            "Redis holds {v}, not {new_etag}"
+        );
+    }
+    h.delete(&key).await;
+}
+
+/// `POST /fetch` refuses internal destinations (directly, by name, and
+/// after a redirect) unless allow-listed, and admin writes from another
+/// site. Every URL here is loopback or refused before any connection.
+#[tokio::test]
+async fn fetch_refuses_internal_destinations_and_cross_site_posts() {
+    let source = redirecting_source(Bytes::from_static(b"secret")).await;
+    let port = source.rsplit(':').next().expect("port").to_string();
+    // A source reached by name that redirects to an address.
+    let bouncer = {
+        let to = format!("{source}/r/0");
+        let app = Router::new().route(
+            "/away",
+            axum::routing::get(move || {
+                let to = to.clone();
+                async move { axum::response::Redirect::temporary(&to) }
+            }),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://localhost:{}", addr.port())
+    };
+    let mut opts = Options::default();
+    opts.edge.fetch_allow = vec!["localhost".into()];
+    let h = start(opts).await;
+    let fetch = |url: String, headers: Vec<(&'static str, &'static str)>| {
+        let mut rb = h
+            .http
+            .post(format!("{}/fetch", h.admin))
+            .json(&serde_json::json!({ "url": url, "key": h.key("stolen") }));
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        rb.send()
+    };
+    for url in [
+        format!("{source}/r/0"),
+        format!("http://[::1]:{port}/r/0"),
+        format!("http://[::ffff:127.0.0.1]:{port}/r/0"),
+        format!("http://2130706433:{port}/r/0"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ] {
+        let r = fetch(url.clone(), vec![]).await.expect("fetch");
+        assert_eq!(r.status(), 403, "{url}");
+    }
+    // Allowed by name, then redirected to a refused address.
+    let r = fetch(format!("{bouncer}/away"), vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 403, "redirect to loopback");
+    // The allowed name itself is fetched.
+    let r = fetch(format!("http://localhost:{port}/r/1"), vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 201, "allow-listed host");
+    // A browser posting from another site's page.
+    for hs in [
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("origin", "http://evil.example")],
+    ] {
+        let r = fetch(format!("http://localhost:{port}/r/0"), hs.clone())
+            .await
+            .expect("fetch");
+        assert_eq!(r.status(), 403, "{hs:?}");
+    }
+    let r = fetch(
+        format!("http://localhost:{port}/r/0"),
+        vec![("sec-fetch-site", "same-origin")],
+    )
+    .await
+    .expect("fetch");
+    assert_eq!(r.status(), 201);
+    h.delete(&h.key("stolen")).await;
+}
+
+/// 50 concurrent requests for distinct objects; the slowest one's time.
+async fn slowest_of_fifty(h: &Harness, keys: &[String]) -> Duration {
+    let mut tasks = Vec::new();
+    for k in keys {
+        let (http, url) = (h.http.clone(), format!("{}/{k}", h.url));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http.get(url).send().await.expect("get");
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await;
+            t.elapsed()
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        slowest = slowest.max(t.await.expect("task"));
+    }
+    slowest
+}
+
+/// Redis black-holed (connections accepted, nothing ever answered), at start
+/// and mid-run: every one of 50 concurrent requests is answered within about
+/// one `redis.timeout`, not after the others' timeouts.
+#[tokio::test]
+async fn redis_black_holed_costs_each_request_one_timeout_at_most() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let st = stack();
+    let test_redis = TestRedis::new(&st);
+    let upstream = test_redis
+        .url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let upstream = upstream.split('/').next().unwrap_or(upstream).to_string();
+    // Mid-run: a proxy in front of the real Redis that stops answering.
+    let proxy = CountingProxy::start(upstream).await;
+    let redis_cfg = |addr: SocketAddr| RedisConfig {
+        url: format!("redis://{addr}"),
+        key_prefix: test_redis.prefix.clone(),
+        timeout: TIMEOUT,
+    };
+    let h = start(Options {
+        redis: Some(redis_cfg(proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    let keys: Vec<String> = (0..50).map(|i| h.key(&format!("bh/{i}"))).collect();
+    for k in &keys {
+        h.put(k, Bytes::from_static(b"x")).await;
+    }
+    assert_eq!(h.get(&format!("/{}", keys[0]), &[]).await.status(), 200);
+    proxy.delay_ms.store(3_600_000, Ordering::SeqCst);
+    let mid_run = slowest_of_fifty(&h, &keys).await;
+
+    // At start: nothing but a listener that accepts and holds.
+    let hole = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hole_addr = hole.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let h2 = start(Options {
+        redis: Some(redis_cfg(hole_addr)),
+        ..Options::default()
+    })
+    .await;
+    let at_start = slowest_of_fifty(&h2, &keys).await;
+    eprintln!("Redis black-holed, slowest of 50: mid-run {mid_run:?}, at start {at_start:?} (redis.timeout {TIMEOUT:?})");
+    for (when, took) in [("mid-run", mid_run), ("at start", at_start)] {
+        assert!(
+            took < TIMEOUT * 2 + Duration::from_millis(1500),
+            "{when}: the slowest of 50 requests took {took:?}"
+        );
+    }
+    for k in &keys {
+        h.delete(k).await;
+    }
 }

@@ -245,23 +245,179 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RequestSpans {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn each_request_runs_in_a_span_carrying_its_request_id() {
     use tracing_subscriber::layer::SubscriberExt;
     let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Global, because callsite interest is shared by every thread of this
+    // test binary; spans of other tests are told apart by their id.
     let subscriber = tracing_subscriber::registry().with(RequestSpans(spans.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests of this binary, on other threads and with no subscriber,
-    // may have cached the request span's callsite as disabled while this
-    // one was being set: recompute the interest now that it exists.
-    tracing::callsite::rebuild_interest_cache();
+    tracing::subscriber::set_global_default(subscriber).expect("only this test sets it");
     let edge = edge(&s3(None));
     let resp = call(&edge, Method::DELETE, "/x", &[]).await;
     let id = header(&resp, "x-request-id")
         .expect("request id")
         .to_string();
     let seen = spans.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert!(seen[0].contains(&format!("request_id={id}")), "{seen:?}");
-    assert!(seen[0].contains("method=DELETE"), "{seen:?}");
+    let ours: Vec<_> = seen
+        .iter()
+        .filter(|s| s.contains(&format!("request_id={id}")))
+        .collect();
+    assert_eq!(ours.len(), 1, "{seen:?}");
+    assert!(ours[0].contains("method=DELETE"), "{ours:?}");
+}
+
+/// One precondition of a request, either holding or failing for the object
+/// under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pre {
+    Match,
+    UnmodifiedSince,
+    NoneMatch,
+    ModifiedSince,
+    Range,
+}
+
+const ALL: [Pre; 5] = [
+    Pre::Match,
+    Pre::UnmodifiedSince,
+    Pre::NoneMatch,
+    Pre::ModifiedSince,
+    Pre::Range,
+];
+
+/// The header sending `p` so that its condition is true (`holds`) or false.
+/// True means: If-Match/If-Unmodified-Since pass, If-None-Match/If-Modified-
+/// Since see a modified object (so the request proceeds), If-Range matches.
+fn pre_header(p: Pre, holds: bool, etag: &str) -> (&'static str, String) {
+    const PAST: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    const FUTURE: &str = "Sun, 06 Nov 2044 08:49:37 GMT";
+    let date = |d: &str| d.to_string();
+    match p {
+        Pre::Match => (
+            "if-match",
+            if holds {
+                etag.to_string()
+            } else {
+                "\"nope\"".into()
+            },
+        ),
+        Pre::UnmodifiedSince => (
+            "if-unmodified-since",
+            date(if holds { FUTURE } else { PAST }),
+        ),
+        Pre::NoneMatch => (
+            "if-none-match",
+            if holds {
+                "\"nope\"".into()
+            } else {
+                etag.to_string()
+            },
+        ),
+        Pre::ModifiedSince => ("if-modified-since", date(if holds { PAST } else { FUTURE })),
+        Pre::Range => (
+            "if-range",
+            if holds {
+                etag.to_string()
+            } else {
+                format!("W/{etag}")
+            },
+        ),
+    }
+}
+
+/// RFC 9110 §13.2.2, for requests that all carry `Range: bytes=0-3`: the
+/// first precondition evaluated that fails decides; If-Unmodified-Since is
+/// not evaluated when If-Match is present, nor If-Modified-Since when
+/// If-None-Match is.
+fn expected(sent: &[(Pre, bool)]) -> u16 {
+    let has = |p: Pre| sent.iter().find(|(q, _)| *q == p).map(|(_, h)| *h);
+    if let Some(h) = has(Pre::Match) {
+        if !h {
+            return 412;
+        }
+    } else if has(Pre::UnmodifiedSince) == Some(false) {
+        return 412;
+    }
+    if let Some(h) = has(Pre::NoneMatch) {
+        if !h {
+            return 304;
+        }
+    } else if has(Pre::ModifiedSince) == Some(false) {
+        return 304;
+    }
+    if has(Pre::Range) == Some(false) {
+        200
+    } else {
+        206
+    }
+}
+
+#[tokio::test]
+async fn conditional_request_table_every_pair_get_and_head() {
+    let cfg = s3(None);
+    let edge = edge(&cfg);
+    let key = unique("router-cond");
+    let data = b"0123456789".to_vec();
+    edge.origin()
+        .client()
+        .put_object()
+        .bucket(&cfg.bucket)
+        .key(&key)
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .expect("put");
+    let path = format!("/{key}");
+    let first = call(&edge, Method::GET, &path, &[]).await;
+    let etag = header(&first, "etag").expect("etag").to_string();
+    let mut rows = 0;
+    for (i, a) in ALL.iter().enumerate() {
+        for b in &ALL[i + 1..] {
+            for (ha, hb) in [(true, true), (true, false), (false, true), (false, false)] {
+                let sent = [(*a, ha), (*b, hb)];
+                let want = expected(&sent);
+                let (na, va) = pre_header(*a, ha, &etag);
+                let (nb, vb) = pre_header(*b, hb, &etag);
+                let hs = [("range", "bytes=0-3"), (na, va.as_str()), (nb, vb.as_str())];
+                for method in [Method::GET, Method::HEAD] {
+                    let resp = call(&edge, method.clone(), &path, &hs).await;
+                    let what = format!("{method} {hs:?}");
+                    assert_eq!(resp.status().as_u16(), want, "{what}");
+                    assert_eq!(header(&resp, "etag"), Some(etag.as_str()), "{what}");
+                    let got = body(resp).await;
+                    let want_body: &[u8] = match (want, method == Method::HEAD) {
+                        (_, true) | (304 | 412, _) => b"",
+                        (206, _) => &data[..4],
+                        _ => &data,
+                    };
+                    assert_eq!(got, want_body, "{what}");
+                    rows += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(rows, 10 * 4 * 2);
+    // The range unit is case-insensitive.
+    let resp = call(&edge, Method::GET, &path, &[("range", "BYTES=2-3")]).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body(resp).await, b"23");
+    let _ = edge
+        .origin()
+        .client()
+        .delete_object()
+        .bucket(&cfg.bucket)
+        .key(&key)
+        .send()
+        .await;
+}
+
+#[tokio::test]
+async fn method_not_allowed_says_what_is() {
+    let edge = edge(&s3(None));
+    for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
+        let resp = call(&edge, method.clone(), "/x", &[]).await;
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(header(&resp, "allow"), Some("GET, HEAD"), "{method}");
+    }
 }

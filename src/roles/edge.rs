@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_core::RedisHandle;
 use weir_edge::access::AccessLog;
+use weir_edge::meta::SharedRedis;
 use weir_edge::Edge;
 use weir_producers::EventProducer;
 use weir_producers::LagLimiter;
@@ -76,7 +77,11 @@ pub async fn run(
     let edge = Edge::new(
         cfg.edge.clone(),
         &cfg.s3,
-        Some((redis, cfg.redis.key_prefix.clone())),
+        Some(SharedRedis {
+            handle: redis,
+            key_prefix: cfg.redis.key_prefix.clone(),
+            timeout: cfg.redis.timeout,
+        }),
         Some(access),
     )
     .with_context(|| {

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use weir_testkit::{free_addr, PrivateService, TestWorld};
+use weir_testkit::{
+    free_addr, stack, unique, PrivateService, Proc, TestRedis, TestTopics, TestWorld,
+};
 
-use crate::Edge;
+use crate::{weir, Edge};
 
 const MIB: u64 = 1024 * 1024;
 const MEMORY_BUDGET: u64 = 64 * MIB;
@@ -231,4 +233,211 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
     );
     let status = edge.proc.terminate(Duration::from_secs(20));
     assert!(status.is_some(), "edge stops with Kafka gone");
+}
+
+fn rss_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// A socket that asks for `path` and then reads nothing, with a small
+/// receive buffer so that the edge sees a stalled reader at once.
+async fn silent_reader(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    s
+}
+
+/// Reads until the edge closes the socket (true) or `within` passes.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Issue 9 #4: 500 clients ask for a large object and read nothing. The
+/// edge's memory stays under its budgets plus a fixed margin (a slice per
+/// socket before: about 1 GiB here), another client is served at once, and
+/// the stalled and idle sockets are closed by `edge.send_timeout` and
+/// `edge.header_read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_silent_readers_stay_within_the_budget() {
+    const SOCKETS: usize = 500;
+    const INFLIGHT: u64 = 32 * MIB;
+    const MEMORY: u64 = 16 * MIB;
+    const MARGIN: u64 = 96 * MIB;
+    let st = stack();
+    st.require_kafka().require_redis();
+    let topics = TestTopics::create(&st, 1).await;
+    let redis = TestRedis::new(&st);
+    let endpoint =
+        std::env::var("WEIR_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19000".into());
+    let bucket = std::env::var("WEIR_S3_BUCKET").unwrap_or_else(|_| "weir".into());
+    let client = s3_client(&endpoint);
+    let prefix = unique("silent");
+    let (big, small) = (format!("{prefix}/big.bin"), format!("{prefix}/small.txt"));
+    let size = 24 * MIB;
+    for (key, body) in [
+        (&big, (0..size).map(byte_at).collect::<Vec<u8>>()),
+        (&small, b"still served".to_vec()),
+    ] {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .expect("upload");
+    }
+    let (addr, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(unique("weir-edge-silent"));
+    let mut env = topics.env();
+    env.extend(
+        [
+            ("WEIR_S3_ENDPOINT", endpoint.clone()),
+            ("WEIR_S3_BUCKET", bucket.clone()),
+            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
+            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
+            ("WEIR_S3_TIMEOUT", "30s".into()),
+            ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
+            ("WEIR_REDIS_URL", redis.url.clone()),
+            ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
+            ("WEIR_EDGE_ADDR", addr.to_string()),
+            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
+            ("WEIR_EDGE_SLICE_SIZE", MIB.to_string()),
+            ("WEIR_EDGE_MEMORY_OBJECT_MAX", (4 * MIB).to_string()),
+            ("WEIR_EDGE_MEMORY_BUDGET", MEMORY.to_string()),
+            ("WEIR_EDGE_INFLIGHT_BUDGET", INFLIGHT.to_string()),
+            ("WEIR_EDGE_SEND_TIMEOUT", "4s".into()),
+            ("WEIR_EDGE_IDLE_TIMEOUT", "4s".into()),
+            ("WEIR_EDGE_HEADER_READ_TIMEOUT", "2s".into()),
+            ("WEIR_EDGE_FRESH_FOR", "10m".into()),
+            ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+            ("WEIR_METRICS_ADDR", String::new()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    let pid = edge.pid().expect("pid");
+    let http = reqwest::Client::new();
+    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{admin}/livez"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    // Warm the disk tier once, reading everything.
+    let resp = http
+        .get(format!("http://{addr}/{big}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(check_body(resp, 0).await, size);
+    let base = rss_bytes(pid, "VmRSS:");
+
+    let t = Instant::now();
+    let mut silent = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        silent.push(silent_reader(addr, &format!("/{big}")).await);
+    }
+    // A socket that never sends a request.
+    let mut mute = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Another client is served at once, small object and a range of the
+    // large one.
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("http://{addr}/{small}"))
+        .send()
+        .await
+        .expect("small");
+    assert_eq!(r.text().await.expect("body"), "still served");
+    let r = http
+        .get(format!("http://{addr}/{big}"))
+        .header("range", "bytes=5000000-5000999")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(check_body(r, 5_000_000).await, 1000);
+    let other = t0.elapsed();
+
+    let during = rss_bytes(pid, "VmRSS:");
+    let peak = rss_bytes(pid, "VmHWM:");
+    eprintln!(
+        "edge silent readers: {SOCKETS} sockets opened in {:?}; RSS {} MiB before, {} MiB with them, peak {} MiB (budgets: in flight {} MiB, memory tier {} MiB); another client served in {other:?}",
+        t.elapsed(),
+        base / MIB,
+        during / MIB,
+        peak / MIB,
+        INFLIGHT / MIB,
+        MEMORY / MIB,
+    );
+    assert!(
+        peak < INFLIGHT + MEMORY + MARGIN,
+        "peak RSS {} MiB",
+        peak / MIB
+    );
+    assert!(
+        other < Duration::from_secs(3),
+        "another client waited {other:?}"
+    );
+
+    // Stalled readers are cut after edge.send_timeout, the mute socket
+    // after edge.header_read_timeout.
+    assert!(
+        closed_within(&mut mute, Duration::from_secs(6)).await,
+        "mute socket left open"
+    );
+    let mut open = 0;
+    for s in &mut silent {
+        if !closed_within(s, Duration::from_secs(10)).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "stalled sockets left open");
+    let status = edge.terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "edge stops cleanly: {status:?}"
+    );
+    let _ = client
+        .delete_object()
+        .bucket(&bucket)
+        .key(&big)
+        .send()
+        .await;
+    let _ = client
+        .delete_object()
+        .bucket(&bucket)
+        .key(&small)
+        .send()
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,233 @@
+//! The client listener, with the limits a public server needs: at most
+//! `edge.max_connections` connections (the rest wait in the kernel's
+//! backlog), `edge.header_read_timeout` to send a request's headers,
+//! `edge.idle_timeout` without any progress on a connection (a keep-alive
+//! connection with no next request, or a client that neither sends nor
+//! reads), and `edge.send_timeout` for a client that stops reading while the
+//! edge has bytes to send — so a slow or silent client costs a connection
+//! slot for a bounded time, never memory without bound.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How long open requests get to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Connection limits of the client listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// `edge.max_connections`.
+    pub max_connections: usize,
+    /// `edge.header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// `edge.idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `edge.send_timeout`.
+    pub send_timeout: Duration,
+}
+
+/// When a connection last made progress, and since when a write has been
+/// waiting for the client to read.
+struct Activity {
+    born: Instant,
+    /// Milliseconds since `born`.
+    last_progress: AtomicU64,
+    /// Milliseconds since `born` + 1 when a write is blocked; 0 when not.
+    write_blocked: AtomicU64,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn progressed(&self) {
+        self.last_progress.store(self.now(), Ordering::Relaxed);
+        self.write_blocked.store(0, Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection has been idle or stalled too long.
+    async fn expired(&self, limits: ConnLimits) {
+        let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.now();
+            let blocked = self.write_blocked.load(Ordering::Relaxed);
+            if blocked > 0 && now + 1 - blocked >= limits.send_timeout.as_millis() as u64 {
+                return;
+            }
+            let idle = now.saturating_sub(self.last_progress.load(Ordering::Relaxed));
+            if idle >= limits.idle_timeout.as_millis() as u64 {
+                return;
+            }
+        }
+    }
+}
+
+/// A socket that reports its progress to an [`Activity`].
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.progressed();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.progressed(),
+            Poll::Pending => {
+                let now = self.activity.now() + 1;
+                let _ = self.activity.write_blocked.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.progressed(),
+            Poll::Pending => {
+                let now = self.activity.now() + 1;
+                let _ = self.activity.write_blocked.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown`, then gives
+/// open requests [`DRAIN`] to finish.
+pub async fn serve_limited(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity {
+            born: Instant::now(),
+            last_progress: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
+        });
+        let io = Watched {
+            io: stream,
+            activity: activity.clone(),
+        };
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req
+                });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // At most one chunk of a response waits in the connection's
+            // buffer for a client that does not read (also the largest
+            // request head accepted).
+            .max_buf_size(crate::reply::CHUNK as usize);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = permit;
+            tokio::select! {
+                _ = conn => {}
+                // Dropping the connection closes the socket.
+                _ = activity.expired(limits) => {}
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    Ok(())
+}
