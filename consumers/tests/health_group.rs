@@ -222,7 +222,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_group_goes_on() {
         .insert("message.max.bytes".into(), "2000000".into());
     let p = EventProducer::new(&big, "test").expect("producer");
     for (bytes, _) in &payloads {
-        p.enqueue_raw(&topics.health, Some("dl-node"), bytes, None, "test")
+        p.enqueue_raw(&topics.health, Some(b"dl-node"), bytes, None, "test")
             .expect("queued")
             .await
             .expect("delivered");

@@ -151,20 +151,28 @@ impl EventProducer {
                 .increment(1);
             ProduceError::Invalid { kind: E::KIND, reason }
         })?;
-        self.enqueue_raw(topic, event.key(), &payload, None, E::KIND)
+        self.enqueue_raw(
+            topic,
+            event.key().map(str::as_bytes),
+            &payload,
+            None,
+            E::KIND,
+        )
     }
 
-    /// Queues an already-encoded record (dead letters, replays).
+    /// Queues an already-encoded record (dead letters, replays). The key is
+    /// bytes: a record read back from Kafka keeps its key exactly, whatever
+    /// its encoding.
     pub fn enqueue_raw(
         &self,
         topic: &str,
-        key: Option<&str>,
+        key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
         kind: &'static str,
     ) -> Result<PendingDelivery, ProduceError> {
         let (tx, rx) = oneshot::channel();
-        let mut record: BaseRecord<'_, str, [u8], _> =
+        let mut record: BaseRecord<'_, [u8], [u8], _> =
             BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(payload);
         if let Some(k) = key {
             record = record.key(k);

@@ -210,10 +210,9 @@ pub async fn replay(
             key: "weir.replay.of",
             value: Some(origin.as_bytes()),
         });
-        let key = d.key.as_deref().map(String::from_utf8_lossy);
         pending.push(producer.enqueue_raw(
             &d.source_topic,
-            key.as_deref(),
+            d.key.as_deref(),
             &d.payload,
             Some(headers),
             "replay",

@@ -292,7 +292,7 @@ async fn produce_one(
         (bytes, ev.node_id.clone(), Some((minute, ev.bytes_sent)))
     };
     loop {
-        match producer.enqueue_raw(topic, Some(&key), &payload, None, "access") {
+        match producer.enqueue_raw(topic, Some(key.as_bytes()), &payload, None, "access") {
             Ok(d) => {
                 *i += 1;
                 return Ok(tx.send((d, meta)).await.is_ok());

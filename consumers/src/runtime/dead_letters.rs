@@ -73,10 +73,9 @@ impl DeadLetters {
                     value: Some(ts.to_string().as_bytes()),
                 });
             }
-            let key = d.key.as_deref().map(String::from_utf8_lossy);
             let fut = self.producer.enqueue_raw(
                 &self.topic,
-                key.as_deref(),
+                d.key.as_deref(),
                 &d.payload,
                 Some(headers),
                 "dead_letter",

@@ -25,7 +25,7 @@ pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
     let pending: Vec<_> = records
         .iter()
         .map(|(key, bytes)| {
-            p.enqueue_raw(topic, Some(key), bytes, None, "test")
+            p.enqueue_raw(topic, Some(key.as_bytes()), bytes, None, "test")
                 .expect("queued")
         })
         .collect();
