@@ -49,14 +49,7 @@ fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
 }
 
 fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    rss_bytes(pid, "VmHWM:")
 }
 
 /// Reads a response body, checking every byte against the pattern from
@@ -73,6 +66,52 @@ async fn check_body(resp: reqwest::Response, offset: u64) -> u64 {
         n += chunk.len() as u64;
     }
     n
+}
+
+/// Starts `weir edge` on free ports against the S3 server at `endpoint`
+/// (`bucket`), the stack's Kafka and the test's Redis, plus the `extra`
+/// settings; returns once it answers `/livez`, with its client and admin
+/// addresses.
+async fn start_edge(
+    st: &weir_testkit::Stack,
+    topics: Option<&TestTopics>,
+    redis: &TestRedis,
+    s3: (&str, &str),
+    extra: &[(&str, String)],
+) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
+    let (addr, admin) = (free_addr(), free_addr());
+    let mut env = topics.map(TestTopics::env).unwrap_or_default();
+    env.extend(
+        [
+            ("WEIR_S3_ENDPOINT", s3.0.to_string()),
+            ("WEIR_S3_BUCKET", s3.1.to_string()),
+            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
+            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
+            ("WEIR_S3_TIMEOUT", "30s".into()),
+            ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
+            ("WEIR_REDIS_URL", redis.url.clone()),
+            ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
+            ("WEIR_EDGE_ADDR", addr.to_string()),
+            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
+            ("WEIR_METRICS_ADDR", String::new()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    let http = reqwest::Client::new();
+    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{admin}/livez"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    (edge, addr, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,46 +141,20 @@ async fn a_large_object_passes_through_in_bounded_memory() {
         .await
         .expect("upload the large object");
 
-    let (addr, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(unique("weir-edge-e2e"));
-    let mut env = topics.env();
-    env.extend(
-        [
-            ("WEIR_S3_ENDPOINT", endpoint.clone()),
-            ("WEIR_S3_BUCKET", "weir".into()),
-            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
-            ("WEIR_S3_TIMEOUT", "30s".into()),
-            ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
-            ("WEIR_REDIS_URL", redis.url.clone()),
-            ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-            ("WEIR_EDGE_ADDR", addr.to_string()),
-            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
-            ("WEIR_EDGE_MEMORY_BUDGET", MEMORY_BUDGET.to_string()),
-            ("WEIR_EDGE_MEMORY_OBJECT_MAX", (16 * MIB).to_string()),
-            ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
-            // The cold pass of a large object from moto can outlast the
-            // default freshness; the warm pass must be a hit, not a
-            // revalidation.
-            ("WEIR_EDGE_FRESH_FOR", "10m".into()),
-            ("WEIR_METRICS_ADDR", String::new()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    let extra = [
+        ("WEIR_EDGE_MEMORY_BUDGET", MEMORY_BUDGET.to_string()),
+        ("WEIR_EDGE_MEMORY_OBJECT_MAX", (16 * MIB).to_string()),
+        ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+        // The cold pass of a large object from moto can outlast the
+        // default freshness; the warm pass must be a hit, not a
+        // revalidation.
+        ("WEIR_EDGE_FRESH_FOR", "10m".into()),
+    ];
+    let (mut edge, addr, _admin) =
+        start_edge(&st, Some(&topics), &redis, (&endpoint, "weir"), &extra).await;
     let pid = edge.pid().expect("pid");
     let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
     let base_rss = peak_rss_bytes(pid);
 
     // Cold: streamed from the origin, slice by slice, to the client and to
@@ -234,36 +247,14 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
     // record: every event after the first must be shed, and no request may
     // wait for Kafka.
     let dead_kafka = free_addr();
-    let (addr, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(unique("weir-edge-shed"));
-    let env: Vec<(String, String)> = [
-        ("WEIR_S3_ENDPOINT", endpoint.clone()),
-        ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-        ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
+    let extra = [
         ("WEIR_KAFKA_BROKERS", dead_kafka.to_string()),
         ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1".into()),
-        ("WEIR_REDIS_URL", redis.url.clone()),
-        ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-        ("WEIR_EDGE_ADDR", addr.to_string()),
-        ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
         ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
-        ("WEIR_METRICS_ADDR", String::new()),
-    ]
-    .map(|(k, v)| (k.to_string(), v))
-    .to_vec();
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    ];
+    let (mut edge, addr, admin) = start_edge(&st, None, &redis, (&endpoint, "weir"), &extra).await;
     let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
     let t = Instant::now();
     for _ in 0..20 {
         let r = http
@@ -377,48 +368,22 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
             .await
             .expect("upload");
     }
-    let (addr, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(unique("weir-edge-silent"));
-    let mut env = topics.env();
-    env.extend(
-        [
-            ("WEIR_S3_ENDPOINT", endpoint.clone()),
-            ("WEIR_S3_BUCKET", bucket.clone()),
-            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
-            ("WEIR_S3_TIMEOUT", "30s".into()),
-            ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
-            ("WEIR_REDIS_URL", redis.url.clone()),
-            ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-            ("WEIR_EDGE_ADDR", addr.to_string()),
-            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
-            ("WEIR_EDGE_SLICE_SIZE", MIB.to_string()),
-            ("WEIR_EDGE_MEMORY_OBJECT_MAX", (4 * MIB).to_string()),
-            ("WEIR_EDGE_MEMORY_BUDGET", MEMORY.to_string()),
-            ("WEIR_EDGE_INFLIGHT_BUDGET", INFLIGHT.to_string()),
-            ("WEIR_EDGE_SEND_TIMEOUT", "4s".into()),
-            ("WEIR_EDGE_IDLE_TIMEOUT", "4s".into()),
-            ("WEIR_EDGE_HEADER_READ_TIMEOUT", "2s".into()),
-            ("WEIR_EDGE_FRESH_FOR", "10m".into()),
-            ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
-            ("WEIR_METRICS_ADDR", String::new()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
+    let extra = [
+        ("WEIR_EDGE_SLICE_SIZE", MIB.to_string()),
+        ("WEIR_EDGE_MEMORY_OBJECT_MAX", (4 * MIB).to_string()),
+        ("WEIR_EDGE_MEMORY_BUDGET", MEMORY.to_string()),
+        ("WEIR_EDGE_INFLIGHT_BUDGET", INFLIGHT.to_string()),
+        ("WEIR_EDGE_SEND_TIMEOUT", "4s".into()),
+        ("WEIR_EDGE_IDLE_TIMEOUT", "4s".into()),
+        ("WEIR_EDGE_HEADER_READ_TIMEOUT", "2s".into()),
+        ("WEIR_EDGE_FRESH_FOR", "10m".into()),
+        ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
+    ];
+    let (mut edge, addr, _admin) =
+        start_edge(&st, Some(&topics), &redis, (&endpoint, &bucket), &extra).await;
     let pid = edge.pid().expect("pid");
     let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
     // Warm the disk tier once, reading everything.
     let resp = http
         .get(format!("http://{addr}/{big}"))
