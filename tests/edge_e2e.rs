@@ -48,6 +48,23 @@ fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// A private S3 server (moto) with the bucket `weir`: its process, endpoint
+/// and a client.
+async fn private_s3() -> (PrivateService, String, aws_sdk_s3::Client) {
+    let s3 = PrivateService::start("s3");
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let client = s3_client(&endpoint);
+    let start = Instant::now();
+    while client.create_bucket().bucket("weir").send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "private S3 bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (s3, endpoint, client)
+}
+
 fn peak_rss_bytes(pid: u32) -> u64 {
     rss_bytes(pid, "VmHWM:")
 }
@@ -120,17 +137,7 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     st.require_kafka().require_redis();
     let topics = TestTopics::create(&st, 1).await;
     let redis = TestRedis::new(&st);
-    let s3 = PrivateService::start("s3");
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let client = s3_client(&endpoint);
-    let start = Instant::now();
-    while client.create_bucket().bucket("weir").send().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "private S3 bucket"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_s3, endpoint, client) = private_s3().await;
     let body: Vec<u8> = (0..object_size()).map(byte_at).collect();
     client
         .put_object()
@@ -224,17 +231,7 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
     let st = stack();
     st.require_redis();
     let redis = TestRedis::new(&st);
-    let s3 = PrivateService::start("s3");
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let client = s3_client(&endpoint);
-    let start = Instant::now();
-    while client.create_bucket().bucket("weir").send().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "private S3 bucket"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_s3, endpoint, client) = private_s3().await;
     client
         .put_object()
         .bucket("weir")
