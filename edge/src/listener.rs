@@ -61,6 +61,23 @@ impl Activity {
         self.write_blocked.store(0, Ordering::Relaxed);
     }
 
+    /// Notes a write's outcome: progress, or blocked on the client.
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.progressed(),
+            Poll::Pending => {
+                let now = self.now() + 1;
+                let _ = self.write_blocked.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// Resolves when the connection has been idle or stalled too long.
     async fn expired(&self, limits: ConnLimits) {
         let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
@@ -108,19 +125,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.activity.progressed(),
-            Poll::Pending => {
-                let now = self.activity.now() + 1;
-                let _ = self.activity.write_blocked.compare_exchange(
-                    0,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-            _ => {}
-        }
+        self.activity.wrote(&r);
         r
     }
 
@@ -130,19 +135,7 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.activity.progressed(),
-            Poll::Pending => {
-                let now = self.activity.now() + 1;
-                let _ = self.activity.write_blocked.compare_exchange(
-                    0,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-            _ => {}
-        }
+        self.activity.wrote(&r);
         r
     }
 

@@ -116,32 +116,32 @@ fn parse_tag(t: &str) -> Option<(bool, &str)> {
 /// RFC prescribes for this header: `*` matches any existing object, each
 /// member of a list is compared, `W/"x"` matches `"x"`.
 pub fn none_match_hits(header: &str, etag: &str) -> bool {
+    list_matches(header, etag, false)
+}
+
+/// Whether a `*` or a list of entity tags matches `etag`; `strong`: weak
+/// tags (on either side) never match.
+fn list_matches(header: &str, etag: &str, strong: bool) -> bool {
     if header.trim() == "*" {
         return true;
     }
-    let Some((_, ours)) = parse_tag(etag) else {
+    let Some((our_weak, ours)) = parse_tag(etag) else {
         return false;
     };
+    if strong && our_weak {
+        return false;
+    }
     header
         .split(',')
         .filter_map(parse_tag)
-        .any(|(_, theirs)| theirs == ours)
+        .any(|(weak, theirs)| !(strong && weak) && theirs == ours)
 }
 
 /// `If-Match` against the object's ETag, with the strong comparison the
 /// RFC prescribes for this header: `*` matches any existing object, a weak
 /// tag never matches.
 pub fn match_hits(header: &str, etag: &str) -> bool {
-    if header.trim() == "*" {
-        return true;
-    }
-    let Some((false, ours)) = parse_tag(etag) else {
-        return false;
-    };
-    header
-        .split(',')
-        .filter_map(parse_tag)
-        .any(|(weak, theirs)| !weak && theirs == ours)
+    list_matches(header, etag, true)
 }
 
 /// `If-Unmodified-Since`: true when the object was modified after that date

@@ -28,6 +28,34 @@ fn edge(s3: &S3Config) -> Arc<Edge> {
     Edge::new(cfg, s3, None, None).expect("edge builds")
 }
 
+/// An edge on the stack's S3, and a fresh `text/plain` object in it.
+async fn edge_with_object(name: &str, data: &[u8]) -> (Arc<Edge>, S3Config, String) {
+    let cfg = s3(None);
+    let edge = edge(&cfg);
+    let key = unique(name);
+    edge.origin()
+        .client()
+        .put_object()
+        .bucket(&cfg.bucket)
+        .key(&key)
+        .content_type("text/plain")
+        .body(ByteStream::from(data.to_vec()))
+        .send()
+        .await
+        .expect("put");
+    (edge, cfg, key)
+}
+
+async fn remove(edge: &Edge, cfg: &S3Config, key: &str) {
+    let client = edge.origin().client();
+    let _ = client
+        .delete_object()
+        .bucket(&cfg.bucket)
+        .key(key)
+        .send()
+        .await;
+}
+
 async fn call(edge: &Arc<Edge>, method: Method, path: &str, headers: &[(&str, &str)]) -> Response {
     let mut req = Request::builder().method(method).uri(path);
     for (k, v) in headers {
@@ -138,20 +166,8 @@ async fn origin_refusing_is_502_and_origin_silent_is_504() {
 
 #[tokio::test]
 async fn object_replies_carry_their_headers_and_head_matches_get() {
-    let cfg = s3(None);
-    let edge = edge(&cfg);
-    let key = unique("router-obj");
     let data = b"hello, edge".to_vec();
-    edge.origin()
-        .client()
-        .put_object()
-        .bucket(&cfg.bucket)
-        .key(&key)
-        .content_type("text/plain")
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .expect("put");
+    let (edge, cfg, key) = edge_with_object("router-obj", &data).await;
     let path = format!("/{key}");
     let first = call(&edge, Method::GET, &path, &[]).await;
     assert_eq!(first.status(), StatusCode::OK);
@@ -187,14 +203,7 @@ async fn object_replies_carry_their_headers_and_head_matches_get() {
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(header(&ranged, "content-range"), Some("bytes 7-10/11"));
     assert_eq!(body(ranged).await, b"edge");
-    let _ = edge
-        .origin()
-        .client()
-        .delete_object()
-        .bucket(&cfg.bucket)
-        .key(&key)
-        .send()
-        .await;
+    remove(&edge, &cfg, &key).await;
 }
 
 #[tokio::test]
@@ -355,19 +364,8 @@ fn expected(sent: &[(Pre, bool)]) -> u16 {
 
 #[tokio::test]
 async fn conditional_request_table_every_pair_get_and_head() {
-    let cfg = s3(None);
-    let edge = edge(&cfg);
-    let key = unique("router-cond");
     let data = b"0123456789".to_vec();
-    edge.origin()
-        .client()
-        .put_object()
-        .bucket(&cfg.bucket)
-        .key(&key)
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .expect("put");
+    let (edge, cfg, key) = edge_with_object("router-cond", &data).await;
     let path = format!("/{key}");
     let first = call(&edge, Method::GET, &path, &[]).await;
     let etag = header(&first, "etag").expect("etag").to_string();
@@ -402,14 +400,7 @@ async fn conditional_request_table_every_pair_get_and_head() {
     let resp = call(&edge, Method::GET, &path, &[("range", "BYTES=2-3")]).await;
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(body(resp).await, b"23");
-    let _ = edge
-        .origin()
-        .client()
-        .delete_object()
-        .bucket(&cfg.bucket)
-        .key(&key)
-        .send()
-        .await;
+    remove(&edge, &cfg, &key).await;
 }
 
 #[tokio::test]

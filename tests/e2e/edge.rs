@@ -366,8 +366,20 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
     for _ in 0..SOCKETS {
         silent.push(silent_reader(addr, &format!("/{big}")).await);
     }
-    // A socket that never sends a request.
+    // A socket that never sends a request, and a keep-alive connection
+    // left idle after one answered request.
     let mut mute = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut idle = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET /{small} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.expect("answer");
+        assert!(buf[..n].ends_with(b"still served"), "one full answer");
+        s
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Another client is served at once, small object and a range of the
@@ -414,6 +426,10 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
     assert!(
         closed_within(&mut mute, Duration::from_secs(6)).await,
         "mute socket left open"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(6)).await,
+        "idle keep-alive connection left open"
     );
     let mut open = 0;
     for s in &mut silent {
