@@ -283,7 +283,10 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_silent_readers_stay_within_the_budget() {
     const SOCKETS: usize = 500;
-    const INFLIGHT: u64 = 32 * MIB;
+    // Each stalled reader holds one 64 KiB chunk of the in-flight budget
+    // until edge.send_timeout: 500 of them hold 32 MiB. The budget leaves
+    // as much again for everyone else, as docs/edge.md tells operators to.
+    const INFLIGHT: u64 = 64 * MIB;
     const MEMORY: u64 = 16 * MIB;
     const MARGIN: u64 = 96 * MIB;
     let st = stack();
