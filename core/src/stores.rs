@@ -229,24 +229,10 @@ impl RedisHandle {
 mod tests {
     use super::*;
 
-    /// A listener that accepts and never answers: the worst Redis.
-    async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                held.push(s);
-            }
-        });
-        (addr, task)
-    }
-
     #[tokio::test]
     async fn concurrent_callers_share_one_attempt_against_a_black_hole() {
-        let (addr, task) = black_hole().await;
+        // A listener that accepts and never answers: the worst Redis.
+        let (addr, task) = weir_testkit::black_hole().await;
         let cfg = RedisConfig {
             url: format!("redis://{addr}/"),
             timeout: Duration::from_millis(300),

@@ -144,14 +144,7 @@ async fn origin_refusing_is_502_and_origin_silent_is_504() {
     );
 
     // A listener that accepts and never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = silent.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let (addr, _silent) = weir_testkit::black_hole().await;
     let cfg = S3Config {
         max_attempts: 1,
         timeout: Duration::from_millis(300),

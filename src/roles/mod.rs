@@ -83,7 +83,7 @@ pub async fn require_topic(
 
 /// Runs the command of `cli` with `cfg` until it ends or a signal stops it.
 pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
-    let shutdown = telemetry::shutdown_on_signals();
+    let shutdown = weir_core::shutdown_on_signals();
     let handle = telemetry::init_metrics()?;
     let needs_metrics = !matches!(
         cli.command,

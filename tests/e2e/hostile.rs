@@ -23,22 +23,6 @@ use weir_testkit::TestWorld;
 
 use crate::{weir_config, Center};
 
-/// A listener that accepts connections and never answers: a Redis that is
-/// black-holed (a firewall dropping replies, a hung server), not refused.
-async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    (addr, task)
-}
-
 /// The Redis timeout given to a center whose Redis is black-holed, and the
 /// bound on any answer: about two timeouts.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,7 +34,7 @@ const ANSWER_BOUND: Duration = Duration::from_millis(2500);
 async fn center_with_black_holed_redis(
     world: &TestWorld,
 ) -> (Center, reqwest::Client, tokio::task::JoinHandle<()>) {
-    let (hole, task) = black_hole().await;
+    let (hole, task) = weir_testkit::black_hole().await;
     let center = Center::start(&world.env_with(&[
         ("WEIR_REDIS_URL", &format!("redis://{hole}/")),
         (
