@@ -11,6 +11,8 @@ use axum::Json;
 use serde_json::json;
 use tracing::warn;
 
+use crate::InternalEvent;
+
 /// An error answered to an HTTP client as `{"error": {"code", "message"}}`.
 /// Store failures become 503 with a generic message; the detail is logged
 /// once, here, and not sent to the client.
@@ -133,10 +135,36 @@ pub async fn track_metrics(server: &'static str, req: Request, next: Next) -> Re
         .unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("weir_http_requests_total", "server" => server, "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("weir_http_request_duration_seconds", "server" => server, "route" => route)
-        .record(start.elapsed().as_secs_f64());
+    RequestServed {
+        server,
+        route,
+        status: resp.status(),
+        took: start.elapsed(),
+    }
+    .emit();
     resp
+}
+
+/// A request answered by one of Weir's API servers.
+struct RequestServed {
+    server: &'static str,
+    route: String,
+    status: StatusCode,
+    took: std::time::Duration,
+}
+
+impl InternalEvent for RequestServed {
+    fn emit(self) {
+        tracing::debug!(
+            server = self.server,
+            route = %self.route,
+            status = self.status.as_u16(),
+            ms = self.took.as_millis() as u64,
+            "request served"
+        );
+        metrics::counter!("weir_http_requests_total", "server" => self.server, "route" => self.route.clone(), "status" => self.status.as_u16().to_string())
+            .increment(1);
+        metrics::histogram!("weir_http_request_duration_seconds", "server" => self.server, "route" => self.route)
+            .record(self.took.as_secs_f64());
+    }
 }

@@ -19,4 +19,4 @@ pub use http::ApiError;
 pub use kafka::KafkaConfig;
 pub use shutdown::shutdown_on_signals;
 pub use stores::{DatabaseConfig, RedisConfig, RedisHandle};
-pub use telemetry::{InternalEvent, InternalEventHandle, RegisterInternalEvent};
+pub use telemetry::{CounterCache, InternalEvent, InternalEventHandle, RegisterInternalEvent};

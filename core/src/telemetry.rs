@@ -32,6 +32,51 @@ pub trait InternalEventHandle: Sized {
     fn emit(&self, data: Self::Data);
 }
 
+/// Counters of one metric by their label values, each registered once and
+/// then kept, for hot paths whose labels are a small set known only at run
+/// time (an event kind and an outcome, say).
+pub struct CounterCache<const N: usize> {
+    name: &'static str,
+    labels: [&'static str; N],
+    counters: std::sync::RwLock<Vec<([&'static str; N], metrics::Counter)>>,
+}
+
+impl<const N: usize> CounterCache<N> {
+    /// A cache for the metric `name` with label names `labels`.
+    pub const fn new(name: &'static str, labels: [&'static str; N]) -> Self {
+        CounterCache {
+            name,
+            labels,
+            counters: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The counter for these label values, registered on first use.
+    pub fn get(&self, values: [&'static str; N]) -> metrics::Counter {
+        if let Some((_, c)) = self
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(v, _)| *v == values)
+        {
+            return c.clone();
+        }
+        let labels: Vec<metrics::Label> = self
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(k, v)| metrics::Label::from_static_parts(k, v))
+            .collect();
+        let c = metrics::counter!(self.name, labels);
+        self.counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((values, c.clone()));
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +105,15 @@ mod tests {
             self.0.increment(n);
             SEEN.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    #[test]
+    fn the_cache_registers_each_label_set_once() {
+        static CACHE: CounterCache<2> = CounterCache::new("weir_test_cache_total", ["a", "b"]);
+        CACHE.get(["x", "y"]).increment(1);
+        CACHE.get(["x", "y"]).increment(1);
+        CACHE.get(["x", "z"]).increment(1);
+        assert_eq!(CACHE.counters.read().expect("lock").len(), 2);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod advice;
 pub mod assignment;
+pub mod events;
 pub mod monitor;
 pub mod reader;
 pub mod seconds;

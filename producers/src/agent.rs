@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_core::config::{ConfigError, Validate};
+use weir_core::InternalEvent;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -322,7 +323,7 @@ pub async fn run_agent(
         match producer.enqueue(&topic, &event) {
             Ok(pending) => {
                 report.queued += 1;
-                metrics::counter!("weir_agent_reports_total").increment(1);
+                crate::events::ReportQueued.emit();
                 if tx.send(pending).await.is_err() {
                     break;
                 }

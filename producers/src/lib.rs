@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+mod events;
 pub mod limiter;
 pub mod producer;
 pub mod signal;

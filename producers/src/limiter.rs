@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use weir_core::config::{ConfigError, Validate};
+use weir_core::InternalEvent;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -223,16 +224,22 @@ impl LagLimiter {
             now.saturating_duration_since(self.epoch).as_millis() as u64 + 1,
             Ordering::Relaxed,
         );
-        metrics::gauge!("weir_limiter_fraction_ratio").set(c.fraction);
-        metrics::gauge!("weir_limiter_lag_messages").set(lag_per_partition);
+        crate::events::LimiterUpdated {
+            fraction: c.fraction,
+            lag_per_partition,
+        }
+        .emit();
     }
 
     /// Decides for one event of `kind` with `priority`, and counts the
     /// decision in `weir_limiter_decisions_total{kind,decision}`.
     pub fn decide(&self, kind: &'static str, priority: Priority) -> Decision {
         let d = self.decide_at(priority, Instant::now());
-        metrics::counter!("weir_limiter_decisions_total", "kind" => kind, "decision" => d.as_str())
-            .increment(1);
+        crate::events::LimiterDecided {
+            kind,
+            decision: d.as_str(),
+        }
+        .emit();
         d
     }
 

@@ -1,6 +1,9 @@
 //! The event producer every role shares: validates, encodes and queues
 //! events without blocking its caller, and reports each delivery.
 
+use weir_core::InternalEvent;
+
+use crate::events::RecordProduced;
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,9 +150,15 @@ impl EventProducer {
         event: &E,
     ) -> Result<PendingDelivery, ProduceError> {
         let payload = encode(event).map_err(|reason| {
-            metrics::counter!("weir_producer_events_total", "kind" => E::KIND, "outcome" => "invalid")
-                .increment(1);
-            ProduceError::Invalid { kind: E::KIND, reason }
+            RecordProduced {
+                kind: E::KIND,
+                outcome: "invalid",
+            }
+            .emit();
+            ProduceError::Invalid {
+                kind: E::KIND,
+                reason,
+            }
         })?;
         self.enqueue_raw(
             topic,
@@ -183,8 +192,11 @@ impl EventProducer {
         match self.shared.producer.send(record) {
             Ok(()) => Ok(PendingDelivery { rx, kind }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                metrics::counter!("weir_producer_events_total", "kind" => kind, "outcome" => "queue_full")
-                    .increment(1);
+                RecordProduced {
+                    kind,
+                    outcome: "queue_full",
+                }
+                .emit();
                 Err(ProduceError::QueueFull)
             }
             Err((e, _)) => Err(ProduceError::Kafka(e)),
@@ -250,7 +262,7 @@ impl std::future::Future for PendingDelivery {
                     Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
                 };
                 let outcome = if out.is_ok() { "delivered" } else { "failed" };
-                metrics::counter!("weir_producer_events_total", "kind" => kind, "outcome" => outcome).increment(1);
+                RecordProduced { kind, outcome }.emit();
                 Poll::Ready(out)
             }
         }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use weir_core::RedisHandle;
+use weir_core::{InternalEvent, RedisHandle};
 use weir_lag::advice::{self, Measured};
+use weir_lag::events::{GroupLagExported, LagEvaluated, LagRead, LagReadFailed, SignalPublished};
 use weir_lag::{
     seed_from_time_index, GroupReport, LagError, LagMonitor, LagReader, LagSignal, LagStatus,
 };
@@ -199,55 +200,34 @@ pub async fn export(
         let reports = match res {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!("weir_lag_reads_total", "outcome" => "error").increment(1);
-                tracing::warn!(error = %e, "cannot read consumer lag; retrying next interval");
+                LagReadFailed { error: &e }.emit();
                 continue;
             }
         };
-        metrics::counter!("weir_lag_reads_total", "outcome" => "ok").increment(1);
+        LagRead.emit();
         let mut keep = std::collections::HashSet::new();
         for r in &reports {
             keep.extend(r.partitions.iter().map(|p| (p.topic.clone(), p.partition)));
-            record_metrics(r);
+            GroupLagExported { report: r }.emit();
             let signal = r.signal(cfg.lag.threshold);
-            let outcome = match publish(&redis, &keys, &signal, expiry_ms).await {
-                Ok(()) => "ok",
-                Err(e) => {
-                    tracing::warn!(group = %r.group, error = %e, "cannot write the lag signal to Redis");
-                    "error"
-                }
-            };
-            metrics::counter!("weir_lag_signals_total", "outcome" => outcome).increment(1);
+            let published = publish(&redis, &keys, &signal, expiry_ms).await;
+            SignalPublished {
+                group: &r.group,
+                result: published
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| e as &dyn std::fmt::Display),
+            }
+            .emit();
         }
         monitor.retain_partitions(&keep);
-        metrics::histogram!("weir_lag_evaluation_seconds").record(started.elapsed().as_secs_f64());
+        LagEvaluated {
+            took: started.elapsed(),
+        }
+        .emit();
     }
     tracing::info!("lag exporter stopped");
     Ok(())
-}
-
-/// Gauges of one group. Labels stay low-cardinality: group and topic, never
-/// partition (a thousand partitions would be a thousand series per group).
-fn record_metrics(r: &GroupReport) {
-    let mut by_topic: std::collections::BTreeMap<&str, (i64, f64)> = Default::default();
-    for p in &r.partitions {
-        let e = by_topic.entry(p.topic.as_str()).or_default();
-        e.0 += p.lag.unwrap_or(0);
-        e.1 = e.1.max(p.lag_seconds.unwrap_or(0.0));
-    }
-    for (topic, (lag, secs)) in by_topic {
-        let labels = [("group", r.group.clone()), ("topic", topic.to_string())];
-        metrics::gauge!("weir_lag_messages", &labels).set(lag as f64);
-        metrics::gauge!("weir_lag_seconds", &labels).set(secs);
-    }
-    metrics::gauge!("weir_lag_members", "group" => r.group.clone()).set(r.members as f64);
-    for s in LagStatus::ALL {
-        let n = r.partitions.iter().filter(|p| p.status == s).count();
-        metrics::gauge!("weir_lag_partitions", "group" => r.group.clone(), "status" => s.as_str())
-            .set(n as f64);
-        metrics::gauge!("weir_lag_group_status", "group" => r.group.clone(), "status" => s.as_str())
-            .set(if r.status == s { 1.0 } else { 0.0 });
-    }
 }
 
 /// Writes the key and publishes on the channel in one transaction.
