@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use weir_testkit::{
-    free_addr, stack, unique, PrivateService, Proc, TestRedis, TestTopics, TestWorld,
-};
+use weir_testkit::{free_addr, stack, unique, PrivateService, TestRedis, TestTopics, TestWorld};
 
-use crate::{weir, Edge};
+use crate::Edge;
 
 const MIB: u64 = 1024 * 1024;
 const MEMORY_BUDGET: u64 = 64 * MIB;
@@ -329,8 +327,6 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
             .await
             .expect("upload");
     }
-    let (addr, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(unique("weir-edge-silent"));
     let mut env = topics.env();
     env.extend(
         [
@@ -342,8 +338,6 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
             ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
             ("WEIR_REDIS_URL", redis.url.clone()),
             ("WEIR_REDIS_KEY_PREFIX", redis.prefix.clone()),
-            ("WEIR_EDGE_ADDR", addr.to_string()),
-            ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
             ("WEIR_EDGE_SLICE_SIZE", MIB.to_string()),
             ("WEIR_EDGE_MEMORY_OBJECT_MAX", (4 * MIB).to_string()),
             ("WEIR_EDGE_MEMORY_BUDGET", MEMORY.to_string()),
@@ -352,25 +346,13 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
             ("WEIR_EDGE_IDLE_TIMEOUT", "4s".into()),
             ("WEIR_EDGE_HEADER_READ_TIMEOUT", "2s".into()),
             ("WEIR_EDGE_FRESH_FOR", "10m".into()),
-            ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
-            ("WEIR_METRICS_ADDR", String::new()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    let mut edge = Proc::spawn("edge", weir(), &["edge"], &env);
-    let pid = edge.pid().expect("pid");
+    // Its own addresses and disk tier (removed on drop).
+    let mut edge = Edge::start(&env).await;
+    let (addr, pid) = (edge.addr, edge.proc.pid().expect("pid"));
     let http = reqwest::Client::new();
-    weir_testkit::eventually(Duration::from_secs(30), "edge answers", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{admin}/livez"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
     // Warm the disk tier once, reading everything.
     let resp = http
         .get(format!("http://{addr}/{big}"))
@@ -461,7 +443,7 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
     }
     assert_eq!(open, 0, "stalled sockets left open by the edge");
     drop(silent);
-    let status = edge.terminate(Duration::from_secs(15));
+    let status = edge.proc.terminate(Duration::from_secs(15));
     assert!(
         status.is_some_and(|s| s.success()),
         "edge stops cleanly: {status:?}"
@@ -478,5 +460,4 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
         .key(&small)
         .send()
         .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
