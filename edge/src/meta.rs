@@ -42,15 +42,11 @@ pub struct SharedRedis {
     pub handle: Arc<RedisHandle>,
     /// `redis.key_prefix`.
     pub key_prefix: String,
-    /// `redis.timeout`: the bound on each operation, waiting for a
-    /// connection included.
-    pub timeout: Duration,
 }
 
 /// Reads and writes metadata entries in Redis.
 pub struct MetaStore {
     redis: Arc<RedisHandle>,
-    timeout: Duration,
     prefix: String,
     ttl: Duration,
     negative_ttl: Duration,
@@ -88,7 +84,6 @@ impl MetaStore {
     ) -> MetaStore {
         MetaStore {
             redis: redis.handle,
-            timeout: redis.timeout,
             prefix: format!("{}:edge:meta:", redis.key_prefix),
             ttl,
             negative_ttl,
@@ -100,19 +95,6 @@ impl MetaStore {
     fn key(&self, obj: &ObjectKey) -> String {
         // Bucket names cannot contain `:`.
         format!("{}{}:{}", self.prefix, obj.bucket, obj.key)
-    }
-
-    /// A connection within `redis.timeout`, however many callers wait for
-    /// one: the handle connects behind a lock, so without this bound a
-    /// black-holed Redis made the K-th concurrent caller wait K timeouts.
-    async fn conn(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-        match tokio::time::timeout(self.timeout, self.redis.conn()).await {
-            Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "timed out waiting for a Redis connection",
-            ))),
-        }
     }
 
     fn available(&self) -> bool {
@@ -138,7 +120,7 @@ impl MetaStore {
             return None;
         }
         let res: Result<Option<String>, redis::RedisError> = async {
-            let mut c = self.conn().await?;
+            let mut c = self.redis.conn().await?;
             c.get(self.key(obj)).await
         }
         .await;
@@ -193,7 +175,7 @@ impl MetaStore {
                 }
             };
             let res: Result<(), redis::RedisError> = async {
-                let mut c = this.conn().await?;
+                let mut c = this.redis.conn().await?;
                 let () = c
                     .pset_ex(&key, value, ttl.as_millis().max(1) as u64)
                     .await?;
@@ -211,7 +193,7 @@ impl MetaStore {
 
     /// Deletes one entry (purge, or an ETag found stale).
     pub async fn remove(&self, obj: &ObjectKey) -> Result<(), redis::RedisError> {
-        let mut c = self.conn().await?;
+        let mut c = self.redis.conn().await?;
         c.del(self.key(obj)).await
     }
 
@@ -222,7 +204,7 @@ impl MetaStore {
         bucket: &str,
         prefix: &str,
     ) -> Result<u64, redis::RedisError> {
-        let mut c = self.conn().await?;
+        let mut c = self.redis.conn().await?;
         let pattern = format!(
             "{}*",
             glob_escape(&format!("{}{bucket}:{prefix}", self.prefix))

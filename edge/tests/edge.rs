@@ -172,7 +172,6 @@ async fn start(mut opts: Options) -> Harness {
         Some(SharedRedis {
             handle: Arc::new(RedisHandle::new(&redis_cfg).expect("redis url")),
             key_prefix: redis_cfg.key_prefix.clone(),
-            timeout: redis_cfg.timeout,
         }),
         opts.access,
     )

@@ -80,7 +80,6 @@ pub async fn run(
         Some(SharedRedis {
             handle: redis,
             key_prefix: cfg.redis.key_prefix.clone(),
-            timeout: cfg.redis.timeout,
         }),
         Some(access),
     )
