@@ -4,7 +4,7 @@
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use weir_consumers::{migrations, Aggregator, GroupRuntime, GroupRuntimeBuilder};
-use weir_consumers::{Record, RuntimeError, StoreError};
+use weir_consumers::{Applied, Record, RuntimeError};
 use weir_core::{DatabaseConfig, KafkaConfig};
 use weir_schemas::AccessEvent;
 
@@ -16,14 +16,8 @@ pub struct NodeRequests;
 
 impl Aggregator for NodeRequests {
     type Event = AccessEvent;
-    fn role(&self) -> &'static str {
-        "example-node-requests"
-    }
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Record<AccessEvent>],
-    ) -> Result<(), StoreError> {
+    const ROLE: &'static str = "example-node-requests";
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Record<AccessEvent>]) -> Applied {
         let nodes: Vec<&str> = batch.iter().map(|r| r.event.node_id.as_str()).collect();
         sqlx::query(UPSERT).bind(&nodes).execute(tx).await?;
         Ok(())

@@ -10,7 +10,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgConnection;
 use weir_schemas::{AccessEvent, CacheOutcome};
 
-use crate::runtime::{Aggregator, Record, StoreError};
+use crate::runtime::{Aggregator, Applied, Record};
 use weir_core::RedisHandle;
 use weir_schemas::RedisKeys;
 
@@ -154,15 +154,9 @@ impl AccessAggregator {
 impl Aggregator for AccessAggregator {
     type Event = AccessEvent;
 
-    fn role(&self) -> &'static str {
-        "access"
-    }
+    const ROLE: &'static str = "access";
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Record<AccessEvent>],
-    ) -> Result<(), StoreError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Record<AccessEvent>]) -> Applied {
         let rows = rollup(batch.iter().map(|r| &r.event));
         let n = rows.len();
         let mut minute = Vec::with_capacity(n);
@@ -227,7 +221,7 @@ impl Aggregator for AccessAggregator {
         Ok(())
     }
 
-    async fn publish(&self, batch: &[Record<AccessEvent>]) -> Result<(), StoreError> {
+    async fn publish(&self, batch: &[Record<AccessEvent>]) -> Applied {
         // Top objects per minute, and requests per node per second.
         let mut top: FxHashMap<(i64, &str), i64> = FxHashMap::default();
         let mut rps: FxHashMap<(&str, i64), i64> = FxHashMap::default();

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sqlx::PgConnection;
 use weir_schemas::HealthEvent;
 
-use crate::runtime::{Aggregator, Record, StoreError};
+use crate::runtime::{Aggregator, Applied, Record};
 use weir_core::RedisHandle;
 use weir_schemas::RedisKeys;
 
@@ -112,15 +112,9 @@ pub(crate) fn merge_sessions(
 impl Aggregator for HealthAggregator {
     type Event = HealthEvent;
 
-    fn role(&self) -> &'static str {
-        "health"
-    }
+    const ROLE: &'static str = "health";
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Record<HealthEvent>],
-    ) -> Result<(), StoreError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Record<HealthEvent>]) -> Applied {
         // Pre-aggregate per node: one upsert statement may not touch the same
         // row twice.
         let mut nodes: HashMap<&str, NodeBatch<'_>> = HashMap::new();
@@ -231,7 +225,7 @@ impl Aggregator for HealthAggregator {
         Ok(())
     }
 
-    async fn publish(&self, batch: &[Record<HealthEvent>]) -> Result<(), StoreError> {
+    async fn publish(&self, batch: &[Record<HealthEvent>]) -> Applied {
         let mut latest: HashMap<&str, &HealthEvent> = HashMap::new();
         for r in batch {
             let e = latest.entry(r.event.node_id.as_str()).or_insert(&r.event);

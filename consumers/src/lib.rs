@@ -16,8 +16,8 @@ pub mod runtime;
 pub use access::AccessAggregator;
 pub use health::HealthAggregator;
 pub use runtime::{
-    Aggregator, ConsumerConfig, FailureClass, GroupRuntime, GroupRuntimeBuilder, Record, RunReport,
-    RuntimeError, StoreError,
+    Aggregator, Applied, ConsumerConfig, FailureClass, GroupRuntime, GroupRuntimeBuilder, Record,
+    RunReport, RuntimeError, StoreError,
 };
 
 /// Every schema migration of this crate (runtime, health, access); see

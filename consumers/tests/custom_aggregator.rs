@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use weir_consumers::ConsumerConfig;
-use weir_producers::EventProducer;
 use weir_schemas::AccessEvent;
-use weir_testkit::{eventually, stack, unique, TestDb, TestTopics};
+use weir_testkit::{eventually, unique};
 
 #[allow(dead_code)] // its `main` is the example binary's, not the test's
 #[path = "../examples/custom_aggregator.rs"]
 mod custom_aggregator;
 
 mod support;
-use support::{kafka, stored, Member};
+use support::{kafka, produce, stored, Member, Rig};
 
 async fn counts(pool: &sqlx::PgPool) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>("SELECT node_id, requests FROM example_node_requests")
@@ -29,28 +28,19 @@ async fn counts(pool: &sqlx::PgPool) -> BTreeMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_aggregator_counts_each_event_once_and_stops_cleanly() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 3).await;
-    let db = TestDb::create(&s).await;
+    let rig = Rig::new(3).await;
     let group = unique("example");
 
     const N: u64 = 600;
-    let producer = EventProducer::new(&kafka(), "test").expect("producer");
-    let pending: Vec<_> = (1..=N)
-        .map(|seq| {
-            let ev = AccessEvent::example(&format!("node-{}", seq % 3), seq, Utc::now());
-            producer.enqueue(&topics.access, &ev).expect("queued")
-        })
+    let events: Vec<_> = (1..=N)
+        .map(|seq| AccessEvent::example(&format!("node-{}", seq % 3), seq, Utc::now()))
         .collect();
-    for d in pending {
-        d.await.expect("delivered");
-    }
+    produce(&rig.topics.access, &events).await;
     let want: BTreeMap<String, i64> = (0..3)
         .map(|n| (format!("node-{n}"), N as i64 / 3))
         .collect();
 
-    let pool = db.pool().await;
+    let pool = rig.pool.clone();
     let cfg = ConsumerConfig {
         group: group.clone(),
         batch_max_wait: Duration::from_millis(50),
@@ -58,7 +48,7 @@ async fn the_example_aggregator_counts_each_event_once_and_stops_cleanly() {
     };
     // The example's own wiring: its migrations, then the builder.
     let start = || async {
-        let builder = custom_aggregator::member(pool.clone(), &topics.access)
+        let builder = custom_aggregator::member(pool.clone(), &rig.topics.access)
             .await
             .expect("the example migrates");
         let runtime = builder.kafka(kafka()).config(cfg.clone()).build();

@@ -1,98 +1,36 @@
 //! The health group against real Kafka, Redis and PostgreSQL: effects,
 //! uptime from data, dead letters, and a PostgreSQL outage.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
 use weir_center::UptimeQuery;
-use weir_consumers::runtime::header_text;
-use weir_consumers::{ConsumerConfig, GroupRuntime, HealthAggregator, RunReport, MIGRATOR};
-use weir_core::{DatabaseConfig, RedisConfig, RedisHandle};
-use weir_producers::{EventProducer, KafkaConfig};
+use weir_consumers::ConsumerConfig;
+use weir_producers::EventProducer;
 use weir_schemas::topics::dlq_headers;
 use weir_schemas::HealthEvent;
-use weir_testkit::{eventually, stack, PrivateService, TestDb, TestRedis, TestTopics};
+use weir_testkit::{eventually, unique, PrivateService, TestDb};
 
-struct Member {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<RunReport>,
-}
+mod support;
+use support::{header, kafka, produce, Member, Rig};
 
-fn kafka() -> KafkaConfig {
-    KafkaConfig {
-        brokers: stack().kafka,
-        ..KafkaConfig::default()
-    }
-}
-
-async fn start_member(topics: &TestTopics, db_url: &str, redis: &TestRedis, group: &str) -> Member {
-    let pool = DatabaseConfig {
-        url: db_url.to_string(),
-        connect_timeout: Duration::from_secs(2),
-        ..DatabaseConfig::default()
-    }
-    .pool()
-    .expect("pool");
-    MIGRATOR.run(&pool).await.expect("migrations");
-    let rcfg = RedisConfig {
-        url: redis.url.clone(),
-        key_prefix: redis.prefix.clone(),
-        ..RedisConfig::default()
-    };
-    let agg = HealthAggregator::new(
-        Arc::new(RedisHandle::new(&rcfg).expect("redis")),
-        rcfg.keys(),
-    );
+/// Migrates, then starts a health member of a fresh group, with a short
+/// session and retries.
+async fn start_member(rig: &Rig) -> Member {
+    rig.migrate().await;
     let cfg = ConsumerConfig {
-        group: group.to_string(),
+        group: unique("g"),
         batch_max_wait: Duration::from_millis(50),
         session_timeout: Duration::from_secs(6),
         retry_backoff_max: Duration::from_millis(500),
         ..ConsumerConfig::default()
     };
-    let dlq = EventProducer::new(&kafka(), "dlq").expect("producer");
-    let rt = GroupRuntime::builder(agg, &topics.health, pool)
-        .config(cfg)
-        .kafka(kafka())
-        .dead_letter_topic(&topics.dlq)
-        .dead_letter_producer(dlq)
-        .build()
-        .expect("runtime");
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    let task = tokio::spawn(async move { rt.run(s).await.expect("runtime") });
-    Member { shutdown, task }
-}
-
-impl Member {
-    async fn stop(self) -> RunReport {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("member stops within 30 s")
-            .expect("member task")
-    }
+    rig.member(rig.health(), &rig.topics.health, cfg)
 }
 
 fn at(base: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
     base + chrono::Duration::seconds(secs)
-}
-
-async fn produce(events: &[HealthEvent], topic: &str) {
-    let p = EventProducer::new(&kafka(), "test").expect("producer");
-    let pending: Vec<_> = events
-        .iter()
-        .map(|e| p.enqueue(topic, e).expect("queued"))
-        .collect();
-    for d in pending {
-        d.await.expect("delivered");
-    }
 }
 
 async fn servers_reports(pool: &sqlx::PgPool, node: &str) -> Option<i64> {
@@ -106,12 +44,8 @@ async fn servers_reports(pool: &sqlx::PgPool, node: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uptime_is_computed_from_reports_and_state_reaches_redis() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 3).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let member = start_member(&topics, &db.url, &redis, &weir_testkit::unique("g")).await;
+    let rig = Rig::new(3).await;
+    let member = start_member(&rig).await;
 
     // A node that reported every second for 60 s, an hour ago, then stopped;
     // and a live node reporting now.
@@ -120,9 +54,9 @@ async fn uptime_is_computed_from_reports_and_state_reaches_redis() {
         .map(|i| HealthEvent::example("half-node", i as u64 + 1, at(base, i)))
         .collect();
     events.push(HealthEvent::example("live-node", 1, Utc::now()));
-    produce(&events, &topics.health).await;
+    produce(&rig.topics.health, &events).await;
 
-    let pool = db.pool().await;
+    let pool = rig.db.pool().await;
     eventually(Duration::from_secs(30), "all reports in PostgreSQL", || {
         let pool = pool.clone();
         async move { (servers_reports(&pool, "half-node").await == Some(60)).then_some(()) }
@@ -144,12 +78,8 @@ async fn uptime_is_computed_from_reports_and_state_reaches_redis() {
 
     // Live state: the live node has a key with a TTL and every field; the
     // old node is in the index but has no live key (its reports are stale).
-    let mut conn = redis.conn().await;
-    let keys = RedisConfig {
-        key_prefix: redis.prefix.clone(),
-        ..RedisConfig::default()
-    }
-    .keys();
+    let mut conn = rig.redis.conn().await;
+    let keys = rig.redis_config().keys();
     let live: String = eventually(Duration::from_secs(10), "live node in Redis", || {
         let mut c = conn.clone();
         let k = keys.node("live-node");
@@ -188,12 +118,8 @@ async fn uptime_is_computed_from_reports_and_state_reaches_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_records_go_to_the_dead_letter_topic_and_the_group_goes_on() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 1).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let member = start_member(&topics, &db.url, &redis, &weir_testkit::unique("g")).await;
+    let rig = Rig::new(1).await;
+    let member = start_member(&rig).await;
 
     let good = serde_json::to_value(HealthEvent::example("dl-node", 1, Utc::now())).expect("json");
     let mut wrong_type = good.clone();
@@ -222,48 +148,46 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_group_goes_on() {
         .insert("message.max.bytes".into(), "2000000".into());
     let p = EventProducer::new(&big, "test").expect("producer");
     for (bytes, _) in &payloads {
-        p.enqueue_raw(&topics.health, Some(b"dl-node"), bytes, None, "test")
+        p.enqueue_raw(&rig.topics.health, Some(b"dl-node"), bytes, None, "test")
             .expect("queued")
             .await
             .expect("delivered");
     }
 
-    let pool = db.pool().await;
+    let pool = rig.db.pool().await;
     eventually(Duration::from_secs(30), "good records applied", || {
         let pool = pool.clone();
         async move { (servers_reports(&pool, "dl-node").await == Some(2)).then_some(()) }
     })
     .await;
 
-    // Read the dead-letter topic from the start.
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack().kafka)
-        .set("group.id", weir_testkit::unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[&topics.dlq]).expect("subscribe");
-    let mut seen = Vec::new();
-    while seen.len() < 4 {
-        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
-            .await
-            .expect("dead letters arrive")
-            .expect("record");
-        seen.push((
-            header_text(&m, dlq_headers::REASON).unwrap_or_default(),
-            header_text(&m, dlq_headers::SOURCE_TOPIC).unwrap_or_default(),
-            header_text(&m, dlq_headers::SOURCE_PARTITION).unwrap_or_default(),
-            header_text(&m, dlq_headers::SOURCE_OFFSET).unwrap_or_default(),
-            m.payload().map(<[u8]>::len).unwrap_or(0),
-            header_text(&m, "weir.dlq.payload.original_size"),
-        ));
-    }
+    let seen: Vec<_> = rig
+        .dead_letters(4)
+        .iter()
+        .map(|d| {
+            let h = |name| header(d, name);
+            let size = Some(h("weir.dlq.payload.original_size")).filter(|v| !v.is_empty());
+            let source = h(dlq_headers::SOURCE_TOPIC);
+            let place = (
+                h(dlq_headers::SOURCE_PARTITION),
+                h(dlq_headers::SOURCE_OFFSET),
+            );
+            (
+                h(dlq_headers::REASON),
+                source,
+                place.0,
+                place.1,
+                d.payload_len,
+                size,
+            )
+        })
+        .collect();
     let reasons: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(reasons, vec!["not_json", "schema", "schema", "too_large"]);
     for (i, s) in seen.iter().enumerate() {
         assert_eq!(
             (s.1.as_str(), s.2.as_str(), s.3.as_str()),
-            (topics.health.as_str(), "0", i.to_string().as_str())
+            (rig.topics.health.as_str(), "0", i.to_string().as_str())
         );
     }
     assert_eq!(
@@ -283,21 +207,17 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_group_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_pauses_the_group_and_loses_nothing() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 2).await;
-    let redis = TestRedis::new(&s);
     let mut pg = PrivateService::start("postgres");
-    let db = TestDb::create_on(&pg.url()).await;
-    let member = start_member(&topics, &db.url, &redis, &weir_testkit::unique("g")).await;
+    let rig = Rig::with_db(2, TestDb::create_on(&pg.url()).await).await;
+    let member = start_member(&rig).await;
 
     let batch = |from: u64, to: u64| -> Vec<HealthEvent> {
         (from..to)
             .map(|i| HealthEvent::example(&format!("pg-node-{}", i % 4), i + 1, Utc::now()))
             .collect()
     };
-    produce(&batch(0, 200), &topics.health).await;
-    let pool = db.pool().await;
+    produce(&rig.topics.health, &batch(0, 200)).await;
+    let pool = rig.db.pool().await;
     let total = |pool: sqlx::PgPool| async move {
         sqlx::query_scalar::<_, Option<i64>>("SELECT sum(reports)::bigint FROM servers")
             .fetch_one(&pool)
@@ -314,11 +234,11 @@ async fn postgres_outage_pauses_the_group_and_loses_nothing() {
 
     // PostgreSQL goes away hard while more events arrive.
     pg.stop(true);
-    produce(&batch(200, 500), &topics.health).await;
+    produce(&rig.topics.health, &batch(200, 500)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.restart();
 
-    let pool = db.pool().await;
+    let pool = rig.db.pool().await;
     eventually(
         Duration::from_secs(60),
         "all 500 applied after PostgreSQL returned",

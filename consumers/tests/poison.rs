@@ -4,142 +4,89 @@
 //! and everything else is applied exactly once.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::ClientConfig;
-use sqlx::PgConnection;
-use weir_consumers::runtime::header_text;
-use weir_consumers::{
-    migrations, AccessAggregator, Aggregator, ConsumerConfig, GroupRuntime, Record, StoreError,
-};
-use weir_core::{RedisConfig, RedisHandle};
+use weir_consumers::ConsumerConfig;
 use weir_schemas::topics::dlq_headers;
 use weir_schemas::AccessEvent;
-use weir_testkit::{stack, unique, TestDb, TestRedis, TestTopics};
+use weir_testkit::unique;
 
 mod support;
-use support::{kafka, produce_raw, wait_stored, Member};
+use support::{header, produce_raw, wait_stored, Probe, Rig};
 
-/// Writes one row per record into a table whose CHECK refuses nodes named
-/// `poison…` (SQLSTATE 23514, class 23: the record's fault).
-struct Probe;
-
-impl Aggregator for Probe {
-    type Event = AccessEvent;
-    fn role(&self) -> &'static str {
-        "probe"
-    }
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Record<AccessEvent>],
-    ) -> Result<(), StoreError> {
-        let node: Vec<&str> = batch.iter().map(|r| r.event.node_id.as_str()).collect();
-        let part: Vec<i32> = batch.iter().map(|r| r.partition).collect();
-        let off: Vec<i64> = batch.iter().map(|r| r.offset).collect();
-        sqlx::query("INSERT INTO probe SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[])")
-            .bind(&node)
-            .bind(&part)
-            .bind(&off)
-            .execute(tx)
-            .await?;
-        Ok(())
+/// Settings for `group` with quick batches and retries.
+fn quick(group: &str, batch_wait_ms: u64) -> ConsumerConfig {
+    ConsumerConfig {
+        group: group.to_string(),
+        batch_max_wait: Duration::from_millis(batch_wait_ms),
+        retry_backoff_max: Duration::from_millis(200),
+        ..ConsumerConfig::default()
     }
 }
 
-/// Every dead letter of `topic` as (reason, store, sqlstate, key).
-async fn dead_letters(topic: &str, n: usize) -> Vec<(String, String, String, String)> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack().kafka)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[topic]).expect("subscribe");
-    let mut seen = Vec::new();
-    while seen.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
-            .await
-            .expect("dead letters arrive")
-            .expect("record");
-        let h = |name| header_text(&m, name).unwrap_or_default();
-        seen.push((
-            h(dlq_headers::REASON),
-            h(dlq_headers::STORE),
-            h(dlq_headers::SQLSTATE),
-            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-        ));
-    }
-    // Nothing more than expected.
-    let more = tokio::time::timeout(Duration::from_secs(2), c.recv()).await;
-    assert!(more.is_err(), "more dead letters than expected");
+/// Every dead letter as (reason, store, sqlstate, key), sorted.
+fn dead_letters(rig: &Rig, n: usize) -> Vec<(String, String, String, String)> {
+    let mut seen: Vec<_> = rig
+        .dead_letters(n)
+        .iter()
+        .map(|d| {
+            (
+                header(d, dlq_headers::REASON),
+                header(d, dlq_headers::STORE),
+                header(d, dlq_headers::SQLSTATE),
+                d.key.clone(),
+            )
+        })
+        .collect();
     seen.sort();
     seen
+}
+
+fn record(ev: &AccessEvent) -> (String, Vec<u8>) {
+    (ev.node_id.clone(), serde_json::to_vec(ev).expect("json"))
 }
 
 fn event(node: &str, seq: u64) -> AccessEvent {
     AccessEvent::example(node, seq, Utc::now())
 }
 
+/// A probe table whose CHECK refuses nodes named `poison…` (SQLSTATE 23514,
+/// class 23: the record's fault).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied_once() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 2).await;
-    let db = TestDb::create(&s).await;
-    let pool = db.pool().await;
-    migrations::runtime().run(&pool).await.expect("migrations");
-    sqlx::query("CREATE TABLE probe (node text CHECK (node NOT LIKE 'poison%'), p int, o bigint)")
-        .execute(&pool)
+    let rig = Rig::new(2).await;
+    rig.migrate()
         .await
-        .expect("probe table");
+        .probe_table("CHECK (node NOT LIKE 'poison%')")
+        .await;
 
     // 400 good records with 3 poison ones among them, in one backlog.
-    let mut records = Vec::new();
-    for seq in 1..=403u64 {
-        let node = match seq {
-            17 | 200 | 390 => format!("poison-{seq}"),
-            _ => format!("node-{}", seq % 4),
-        };
-        records.push((
-            node.clone(),
-            serde_json::to_vec(&event(&node, seq)).expect("json"),
-        ));
-    }
-    produce_raw(&topics.access, &records).await;
+    let records: Vec<_> = (1..=403u64)
+        .map(|seq| match seq {
+            17 | 200 | 390 => record(&event(&format!("poison-{seq}"), seq)),
+            _ => record(&event(&format!("node-{}", seq % 4), seq)),
+        })
+        .collect();
+    produce_raw(&rig.topics.access, &records).await;
 
     let group = unique("probe");
-    let cfg = ConsumerConfig {
-        group: group.clone(),
-        batch_max_wait: Duration::from_millis(200),
-        retry_backoff_max: Duration::from_millis(200),
-        ..ConsumerConfig::default()
+    let probe = Probe {
+        delay: Duration::ZERO,
     };
-    let runtime = GroupRuntime::builder(Probe, &topics.access, pool.clone())
-        .config(cfg)
-        .kafka(kafka())
-        .dead_letter_topic(&topics.dlq)
-        .build()
-        .expect("runtime");
-    let member = Member::spawn(runtime);
-    wait_stored(&pool, &group, 403, Duration::from_secs(60)).await;
-    let (rows, distinct, poison): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT (p, o)), count(*) FILTER (WHERE node LIKE 'poison%') FROM probe",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("probe counts");
+    let member = rig.member(probe, &rig.topics.access, quick(&group, 200));
+    wait_stored(&rig.pool, &group, 403, Duration::from_secs(60)).await;
+    let poison: i64 = sqlx::query_scalar("SELECT count(*) FROM probe WHERE node LIKE 'poison%'")
+        .fetch_one(&rig.pool)
+        .await
+        .expect("probe counts");
     assert_eq!(
-        (rows, distinct, poison),
-        (400, 400, 0),
+        (rig.probe_rows().await, poison),
+        ((400, 400), 0),
         "the good records, each once"
     );
 
-    let dead = dead_letters(&topics.dlq, 3).await;
+    let dead = dead_letters(&rig, 3);
     let want: Vec<(String, String, String, String)> = [17, 200, 390]
         .iter()
         .map(|n| {
@@ -164,79 +111,46 @@ async fn a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied_once()
 /// reason; the good events are counted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 1).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let pool = db.pool().await;
-    weir_consumers::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrations");
+    let rig = Rig::new(1).await;
+    rig.migrate().await;
 
-    let mut records = Vec::new();
     let mut seq = 0;
-    let push = |records: &mut Vec<(String, Vec<u8>)>, ev: AccessEvent| {
-        records.push((ev.node_id.clone(), serde_json::to_vec(&ev).expect("json")));
-    };
-    let mut next = |node: &str| {
+    let mut next = |node: &str, spoil: &dyn Fn(&mut AccessEvent)| {
         seq += 1;
-        event(node, seq)
+        let mut ev = event(node, seq);
+        spoil(&mut ev);
+        record(&ev)
     };
-    let mut long = next("edge-a");
-    long.object_key = "k".repeat(3100);
-    push(&mut records, long);
+    let fine = |_: &mut AccessEvent| {};
+    let mut records = vec![next("edge-a", &|e| e.object_key = "k".repeat(3100))];
     for _ in 0..3 {
-        let ev = next("edge-a");
-        push(&mut records, ev);
+        records.push(next("edge-a", &fine));
     }
-    let mut nul = next("edge-a");
-    nul.object_key = "videos/a\u{0}b.mp4".into();
-    push(&mut records, nul);
-    let mut esc = next("edge-a");
-    esc.method = "GET\u{1b}[2J".into();
-    push(&mut records, esc);
+    records.push(next("edge-a", &|e| {
+        e.object_key = "videos/a\u{0}b.mp4".into()
+    }));
+    records.push(next("edge-a", &|e| e.method = "GET\u{1b}[2J".into()));
     for n in 0..2 {
-        let mut big = next("edge-a");
-        big.bytes_sent = (1u64 << 63) - 1 - n;
-        push(&mut records, big);
+        records.push(next("edge-a", &|e| e.bytes_sent = (1u64 << 63) - 1 - n));
     }
-    let mut nul_node = next("edge-a");
-    nul_node.node_id = "edge\u{0}a".into();
-    push(&mut records, nul_node);
+    records.push(next("edge-a", &|e| e.node_id = "edge\u{0}a".into()));
     for _ in 0..3 {
-        let ev = next("edge-b");
-        push(&mut records, ev);
+        records.push(next("edge-b", &fine));
     }
-    produce_raw(&topics.access, &records).await;
+    produce_raw(&rig.topics.access, &records).await;
 
-    let rcfg = RedisConfig {
-        url: redis.url.clone(),
-        key_prefix: redis.prefix.clone(),
-        ..RedisConfig::default()
-    };
-    let agg = AccessAggregator::new(
-        Arc::new(RedisHandle::new(&rcfg).expect("redis")),
-        rcfg.keys(),
-    );
     let group = unique("access");
-    let runtime = GroupRuntime::builder(agg, &topics.access, pool.clone())
-        .config(ConsumerConfig {
-            group: group.clone(),
-            batch_max_wait: Duration::from_millis(100),
-            retry_backoff_max: Duration::from_millis(200),
-            ..ConsumerConfig::default()
-        })
-        .kafka(kafka())
-        .dead_letter_topic(&topics.dlq)
-        .build()
-        .expect("runtime");
-    let member = Member::spawn(runtime);
-    wait_stored(&pool, &group, records.len() as i64, Duration::from_secs(60)).await;
+    let member = rig.member(rig.access(), &rig.topics.access, quick(&group, 100));
+    wait_stored(
+        &rig.pool,
+        &group,
+        records.len() as i64,
+        Duration::from_secs(60),
+    )
+    .await;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT node_id, sum(requests)::bigint FROM access_minute GROUP BY node_id")
-            .fetch_all(&pool)
+            .fetch_all(&rig.pool)
             .await
             .expect("rollups");
     let counted: BTreeMap<String, i64> = rows.into_iter().collect();
@@ -245,7 +159,7 @@ async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
         BTreeMap::from([("edge-a".to_string(), 3), ("edge-b".to_string(), 3)]),
         "good events counted exactly once"
     );
-    let dead = dead_letters(&topics.dlq, 6).await;
+    let dead = dead_letters(&rig, 6);
     assert!(
         dead.iter().all(|d| d.0 == "invalid"),
         "refused at decode time, with a reason: {dead:?}"
@@ -260,68 +174,37 @@ async fn hostile_access_events_are_dead_lettered_and_good_ones_counted_once() {
 /// every rollup is counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_redis_refuses_is_dead_lettered_and_the_group_goes_on() {
-    weir_testkit::init_logs();
-    let s = stack();
-    let topics = TestTopics::create(&s, 1).await;
-    let db = TestDb::create(&s).await;
-    let redis = TestRedis::new(&s);
-    let pool = db.pool().await;
-    weir_consumers::MIGRATOR
-        .run(&pool)
+    let rig = Rig::new(1).await;
+    rig.migrate().await;
+    let mut conn = rig.redis.conn().await;
+    let bad_key = rig.redis_config().keys().node_rps("bad-node");
+    let _: () = redis::AsyncCommands::set(&mut conn, bad_key, "not a hash")
         .await
-        .expect("migrations");
-    let rcfg = RedisConfig {
-        url: redis.url.clone(),
-        key_prefix: redis.prefix.clone(),
-        ..RedisConfig::default()
-    };
-    let mut conn = redis.conn().await;
-    let _: () =
-        redis::AsyncCommands::set(&mut conn, rcfg.keys().node_rps("bad-node"), "not a hash")
-            .await
-            .expect("set");
+        .expect("set");
 
-    let mut records = Vec::new();
-    for seq in 1..=8u64 {
-        let node = if seq % 4 == 0 { "bad-node" } else { "edge-a" };
-        records.push((
-            node.to_string(),
-            serde_json::to_vec(&event(node, seq)).expect("json"),
-        ));
-    }
-    produce_raw(&topics.access, &records).await;
-
-    let agg = AccessAggregator::new(
-        Arc::new(RedisHandle::new(&rcfg).expect("redis")),
-        rcfg.keys(),
-    );
-    let group = unique("access");
-    let runtime = GroupRuntime::builder(agg, &topics.access, pool.clone())
-        .config(ConsumerConfig {
-            group: group.clone(),
-            batch_max_wait: Duration::from_millis(300),
-            retry_backoff_max: Duration::from_millis(200),
-            ..ConsumerConfig::default()
+    let records: Vec<_> = (1..=8u64)
+        .map(|seq| {
+            record(&event(
+                if seq % 4 == 0 { "bad-node" } else { "edge-a" },
+                seq,
+            ))
         })
-        .kafka(kafka())
-        .dead_letter_topic(&topics.dlq)
-        .build()
-        .expect("runtime");
-    let member = Member::spawn(runtime);
-    wait_stored(&pool, &group, 8, Duration::from_secs(60)).await;
-    let dead = dead_letters(&topics.dlq, 2).await;
-    let want: Vec<(String, String, String, String)> = vec![
-        (
-            "store_rejected".into(),
-            "redis".into(),
-            String::new(),
-            "bad-node".into()
+        .collect();
+    produce_raw(&rig.topics.access, &records).await;
+
+    let group = unique("access");
+    let member = rig.member(rig.access(), &rig.topics.access, quick(&group, 300));
+    wait_stored(&rig.pool, &group, 8, Duration::from_secs(60)).await;
+    let dead = dead_letters(&rig, 2);
+    let want = ("store_rejected", "redis", "", "bad-node");
+    for d in &dead {
+        assert_eq!(
+            (d.0.as_str(), d.1.as_str(), d.2.as_str(), d.3.as_str()),
+            want
         );
-        2
-    ];
-    assert_eq!(dead, want);
+    }
     let requests: i64 = sqlx::query_scalar("SELECT sum(requests)::bigint FROM access_minute")
-        .fetch_one(&pool)
+        .fetch_one(&rig.pool)
         .await
         .expect("rollups");
     assert_eq!(

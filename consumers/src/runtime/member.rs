@@ -154,7 +154,7 @@ impl<A: Aggregator> GroupRuntimeBuilder<A> {
             Some(p) => p,
             None => EventProducer::new(&self.kafka, "dlq")?,
         };
-        let group = self.cfg.group_for(self.aggregator.role());
+        let group = self.cfg.group_for(A::ROLE);
         Ok(GroupRuntime {
             events: MemberEvents::register(&group),
             cfg: self.cfg,
@@ -205,9 +205,7 @@ impl<A: Aggregator> GroupRuntime<A> {
     }
 
     fn consumer(&self) -> Result<StreamConsumer<GroupContext>, KafkaError> {
-        let mut c = self
-            .kafka
-            .client_config(&format!("consume-{}", self.aggregator.role()));
+        let mut c = self.kafka.client_config(&format!("consume-{}", A::ROLE));
         c.set("group.id", self.group())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

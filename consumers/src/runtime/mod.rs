@@ -183,14 +183,20 @@ impl StoreError {
     }
 }
 
+/// What [`Aggregator::apply`] and [`Aggregator::publish`] return: the
+/// effects were written, or the store's reason why not (which the runtime
+/// classifies into retry, bisect or dead-letter).
+pub type Applied = Result<(), StoreError>;
+
 /// What an aggregator does with a batch. The runtime owns delivery
 /// (offsets, retries, rebalances, dead letters); an aggregator owns effects.
 pub trait Aggregator: Send + Sync + 'static {
     /// The event type consumed.
     type Event: Event;
 
-    /// Short role name (`health`, `access`) for metrics and the default group.
-    fn role(&self) -> &'static str;
+    /// Short role name (`health`, `access`) for metrics and the default
+    /// group: a property of the aggregator's type, fixed at compile time.
+    const ROLE: &'static str;
 
     /// Writes the batch's effects inside the runtime's transaction. Must not
     /// commit; the runtime commits together with the offsets.
@@ -198,7 +204,7 @@ pub trait Aggregator: Send + Sync + 'static {
         &'a self,
         tx: &'a mut PgConnection,
         batch: &'a [Record<Self::Event>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
+    ) -> impl Future<Output = Applied> + Send + 'a;
 
     /// Effects outside PostgreSQL (Redis), run after the transaction
     /// committed and retried until they succeed; must be idempotent. By
@@ -206,7 +212,7 @@ pub trait Aggregator: Send + Sync + 'static {
     fn publish<'a>(
         &'a self,
         batch: &'a [Record<Self::Event>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+    ) -> impl Future<Output = Applied> + Send + 'a {
         let _ = batch;
         async { Ok(()) }
     }
