@@ -5,6 +5,8 @@ memory, and the batch timings a member logs."""
 
 import os
 import re
+import subprocess
+import urllib.request
 
 TCK = os.sysconf("SC_CLK_TCK")
 

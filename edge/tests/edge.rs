@@ -24,7 +24,7 @@ use weir_edge::{Edge, EdgeConfig};
 use weir_producers::{EventProducer, KafkaConfig};
 use weir_schemas::{AccessEvent, CacheOutcome};
 mod support;
-use support::s3_config;
+use support::{answer, s3_config};
 use weir_testkit::{stack, unique, PrivateService, TestRedis, TestTopics};
 
 /// Counts `GET` request lines going to the origin, and holds each chunk of
@@ -451,12 +451,7 @@ async fn range_and_conditional_table_byte_for_byte() {
     assert_eq!(resp.status(), 206);
     assert!(resp.bytes().await.expect("body")[..] == large[65000..=200000]);
     // HEAD carries the headers and the length, no body.
-    let head = h
-        .http
-        .head(format!("{}/{kl}", h.url))
-        .send()
-        .await
-        .expect("head");
+    let head = answer(h.http.head(format!("{}/{kl}", h.url))).await;
     assert_eq!(head.status(), 200);
     assert_eq!(
         head.headers()["content-length"],

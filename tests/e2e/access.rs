@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_testkit::{eventually, last_json, PrivateService, Proc, Stack, TestWorld};
 
-use crate::weir;
+use crate::{weir, weir_ok};
 
 fn size(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -136,17 +136,7 @@ async fn poison_records_are_dead_lettered_and_can_be_replayed() {
     let list = |extra: &[&str]| -> Vec<Value> {
         let mut args = vec!["dlq", "list", "--json", "--limit", "1000"];
         args.extend_from_slice(extra);
-        let out = std::process::Command::new(weir())
-            .args(&args)
-            .envs(env.iter().cloned())
-            .output()
-            .expect("dlq list");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        weir_ok(&args, env.iter().cloned())
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
@@ -183,26 +173,19 @@ async fn poison_records_are_dead_lettered_and_can_be_replayed() {
         p0[0]["offset"].as_i64().unwrap_or(0),
         p0[p0.len() - 1]["offset"].as_i64().unwrap_or(0),
     );
-    let out = std::process::Command::new(weir())
-        .args([
-            "dlq",
-            "replay",
-            "--partition",
-            "0",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ])
-        .envs(env.iter().cloned())
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = last_json(&String::from_utf8_lossy(&out.stdout)).expect("replay report");
+    let (from, to) = (from.to_string(), to.to_string());
+    let replay = [
+        "dlq",
+        "replay",
+        "--partition",
+        "0",
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ];
+    let out = weir_ok(&replay, env.iter().cloned());
+    let report = last_json(&out).expect("replay report");
     assert_eq!(
         report["replayed"].as_u64(),
         Some(p0.len() as u64),

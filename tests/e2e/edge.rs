@@ -15,7 +15,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use weir_testkit::{free_addr, stack, unique, PrivateService, TestRedis, TestTopics, TestWorld};
 
-use crate::Edge;
+use crate::{answer, Edge};
 
 const MIB: u64 = 1024 * 1024;
 const MEMORY_BUDGET: u64 = 64 * MIB;
@@ -127,11 +127,7 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     // Cold: streamed from the origin, slice by slice, to the client and to
     // the disk tier.
     let t = Instant::now();
-    let resp = http
-        .get(format!("http://{addr}/big/object.bin"))
-        .send()
-        .await
-        .expect("get");
+    let resp = answer(http.get(format!("http://{addr}/big/object.bin"))).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["content-length"],
@@ -142,11 +138,7 @@ async fn a_large_object_passes_through_in_bounded_memory() {
 
     // Warm: from the disk tier.
     let t = Instant::now();
-    let resp = http
-        .get(format!("http://{addr}/big/object.bin"))
-        .send()
-        .await
-        .expect("get");
+    let resp = answer(http.get(format!("http://{addr}/big/object.bin"))).await;
     assert_eq!(resp.headers()["x-cache"], "hit");
     assert_eq!(check_body(resp, 0).await, object_size());
     let warm = t.elapsed();
@@ -205,11 +197,7 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
     let (addr, http) = (edge.addr, reqwest::Client::new());
     let t = Instant::now();
     for _ in 0..20 {
-        let r = http
-            .get(format!("http://{addr}/small.txt"))
-            .send()
-            .await
-            .expect("get");
+        let r = answer(http.get(format!("http://{addr}/small.txt"))).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.expect("body"), "small");
     }
@@ -354,11 +342,7 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
     let (addr, pid) = (edge.addr, edge.proc.pid().expect("pid"));
     let http = reqwest::Client::new();
     // Warm the disk tier once, reading everything.
-    let resp = http
-        .get(format!("http://{addr}/{big}"))
-        .send()
-        .await
-        .expect("get");
+    let resp = answer(http.get(format!("http://{addr}/{big}"))).await;
     assert_eq!(check_body(resp, 0).await, size);
     let base = rss_bytes(pid, "VmRSS:");
 
@@ -386,11 +370,7 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
     // Another client is served at once, small object and a range of the
     // large one.
     let t0 = Instant::now();
-    let r = http
-        .get(format!("http://{addr}/{small}"))
-        .send()
-        .await
-        .expect("small");
+    let r = answer(http.get(format!("http://{addr}/{small}"))).await;
     assert_eq!(r.text().await.expect("body"), "still served");
     let r = http
         .get(format!("http://{addr}/{big}"))
@@ -448,16 +428,7 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
         status.is_some_and(|s| s.success()),
         "edge stops cleanly: {status:?}"
     );
-    let _ = client
-        .delete_object()
-        .bucket(&bucket)
-        .key(&big)
-        .send()
-        .await;
-    let _ = client
-        .delete_object()
-        .bucket(&bucket)
-        .key(&small)
-        .send()
-        .await;
+    for key in [&big, &small] {
+        let _ = client.delete_object().bucket(&bucket).key(key).send().await;
+    }
 }

@@ -10,7 +10,7 @@ use weir_core::RedisConfig;
 use weir_schemas::{LagSignal, LagStatus};
 use weir_testkit::{eventually, unique, TestWorld};
 
-use crate::Edge;
+use crate::{answer, Edge};
 
 fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
@@ -61,11 +61,7 @@ async fn edge_sheds_access_events_when_the_access_group_is_behind() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut served = 0;
     for i in 0..300 {
-        let r = http
-            .get(format!("http://{addr}/limiter-test/missing-{i}"))
-            .send()
-            .await
-            .expect("request");
+        let r = answer(http.get(format!("http://{addr}/limiter-test/missing-{i}"))).await;
         assert_eq!(
             r.status(),
             404,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_testkit::TestWorld;
 
-use crate::{weir_config, Center};
+use crate::{answer, client, weir_config, Center};
 
 /// The Redis timeout given to a center whose Redis is black-holed, and the
 /// bound on any answer: about two timeouts.
@@ -43,11 +43,7 @@ async fn center_with_black_holed_redis(
         ),
     ]))
     .await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
-    (center, http, task)
+    (center, client(Duration::from_secs(60)), task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,11 +53,7 @@ async fn center_answers_503_promptly_with_redis_black_holed() {
     let addr = center.addr;
     for path in ["nodes", "fleet", "nodes/x"] {
         let t = Instant::now();
-        let r = http
-            .get(format!("http://{addr}/api/v1/{path}"))
-            .send()
-            .await
-            .expect("an answer");
+        let r = answer(http.get(format!("http://{addr}/api/v1/{path}"))).await;
         let took = t.elapsed();
         assert_eq!(r.status(), 503, "{path} with Redis black-holed");
         assert!(
@@ -138,11 +130,7 @@ async fn uptime_answer_problem(
 async fn uptime_api(world: &TestWorld) -> (String, reqwest::Client, Center) {
     let center = Center::start(&world.env()).await;
     let api = format!("http://{}/api/v1/uptime", center.addr);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    (api, http, center)
+    (api, client(Duration::from_secs(30)), center)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,10 +545,7 @@ async fn hostile_records_are_dead_lettered_and_good_ones_counted_once() {
     // 1. Through the edge.
     world.bucket.put("hostile/ok.txt", b"ok".to_vec()).await;
     let edge = Edge::start(&world.env()).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client");
+    let http = client(Duration::from_secs(10));
     let mut edge_statuses = Vec::new();
     for (method, path) in edge_requests() {
         let r = http

@@ -9,7 +9,7 @@ use serde_json::Value;
 use weir_testkit::groups::{delete_groups, produce, GroupMember};
 use weir_testkit::{repo_root, stack, unique, TestTopics};
 
-use crate::weir;
+use crate::weir_output;
 
 /// One row, as both tools report it: committed, end, lag, member, host,
 /// client id (`None` where a tool prints "-").
@@ -69,11 +69,10 @@ fn kafka_tool(brokers: &str, group: &str) -> BTreeMap<(String, i32), Row> {
 
 /// Runs `weir lag describe --json`; returns its rows and exit code.
 fn weir_lag(brokers: &str, group: &str) -> (BTreeMap<(String, i32), Row>, Value, i32) {
-    let out = Command::new(weir())
-        .args(["lag", "describe", group, "--json"])
-        .env("WEIR_KAFKA_BROKERS", brokers)
-        .output()
-        .expect("run weir lag describe");
+    let out = weir_output(
+        &["lag", "describe", group, "--json"],
+        [("WEIR_KAFKA_BROKERS", brokers)],
+    );
     let code = out.status.code().unwrap_or(-1);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -106,7 +105,6 @@ fn weir_lag(brokers: &str, group: &str) -> (BTreeMap<(String, i32), Row>, Value,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_matches_kafkas_consumer_groups_tool() {
     let st = stack();
-    st.require_kafka();
     let topics = TestTopics::create(&st, 3).await;
     let (h, a) = (topics.health.as_str(), topics.access.as_str());
     for (t, p, n) in [(h, 0, 10), (h, 1, 20), (h, 2, 5), (a, 0, 7), (a, 2, 15)] {
@@ -143,14 +141,18 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
     }
 
     // --watch --json: one document per reading; the window fills up.
-    let out = Command::new(weir())
-        .args([
-            "lag", "describe", &group, "--json", "--watch", "--count", "3",
-        ])
-        .args(["--interval", "200ms", "--window", "1s"])
-        .env("WEIR_KAFKA_BROKERS", &st.kafka)
-        .output()
-        .expect("run weir lag describe --watch");
+    let watch = [
+        "--watch",
+        "--count",
+        "3",
+        "--interval",
+        "200ms",
+        "--window",
+        "1s",
+    ];
+    let mut args = vec!["lag", "describe", &group, "--json"];
+    args.extend(watch);
+    let out = weir_output(&args, [("WEIR_KAFKA_BROKERS", &st.kafka)]);
     let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
@@ -187,11 +189,11 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
     delete_groups(&st.kafka, &[&group]);
 
     // A group that does not exist: exit 3.
-    let out = Command::new(weir())
-        .args(["lag", "describe", &unique("no-such-group")])
-        .env("WEIR_KAFKA_BROKERS", &st.kafka)
-        .output()
-        .expect("run weir");
+    let missing = unique("no-such-group");
+    let out = weir_output(
+        &["lag", "describe", &missing],
+        [("WEIR_KAFKA_BROKERS", &st.kafka)],
+    );
     assert_eq!(out.status.code(), Some(3));
 }
 
@@ -205,7 +207,6 @@ async fn advise_measures_rates_and_applies_the_playbook() {
     use std::time::Duration;
 
     let st = stack();
-    st.require_kafka();
     let topics = TestTopics::create(&st, 1).await;
     let topic = topics.health.clone();
     produce(&st.kafka, &topic, 0, 10).await;
@@ -233,11 +234,10 @@ async fn advise_measures_rates_and_applies_the_playbook() {
             }
         }
     });
-    let out = Command::new(weir())
-        .args(["lag", "advise", &group, "--window", "3s", "--json"])
-        .env("WEIR_KAFKA_BROKERS", &st.kafka)
-        .output()
-        .expect("run weir lag advise");
+    let out = weir_output(
+        &["lag", "advise", &group, "--window", "3s", "--json"],
+        [("WEIR_KAFKA_BROKERS", &st.kafka)],
+    );
     stop.store(true, Ordering::Relaxed);
     driver.join().expect("driver");
     assert!(

@@ -28,27 +28,59 @@ mod lag_closed_loop;
 mod lag_export;
 mod topics_scale;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 use weir_testkit::{eventually, free_addr, unique, Proc};
+
+/// Sends `req` and waits for the answer's head; a request that gets none
+/// (refused, reset, timed out) fails the test.
+pub async fn answer(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.expect("an answer")
+}
+
+/// An HTTP client whose every request gives up after `timeout`.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    let builder = reqwest::Client::builder().timeout(timeout);
+    builder.build().expect("HTTP client")
+}
 
 /// The `weir` binary under test.
 pub fn weir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// Runs `weir args…` to completion with `env` on top of this process's.
+pub fn weir_output<K, V>(args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> Output
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let mut cmd = std::process::Command::new(weir());
+    let out = cmd.args(args).envs(env).output();
+    out.unwrap_or_else(|e| panic!("running weir {args:?}: {e}"))
+}
+
+/// Runs `weir args…`, which must succeed; its standard output.
+pub fn weir_ok<K, V>(args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> String
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let out = weir_output(args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `weir args…` to completion with extra environment; returns its exit
 /// code (-1 when killed by a signal) and its standard error.
 pub fn run_weir(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = std::process::Command::new(weir());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run weir");
+    let out = weir_output(args, env.iter().copied());
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

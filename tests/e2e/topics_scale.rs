@@ -1,7 +1,7 @@
 //! `weir topics scale`: an increase works, a decrease is refused, a dry run
 //! changes nothing, and a keyed topic gets its warning.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -9,14 +9,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir_testkit::{stack, TestTopics};
 
-use crate::weir;
+use crate::weir_output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(weir())
-        .args(args)
-        .env("WEIR_KAFKA_BROKERS", stack().kafka)
-        .output()
-        .expect("run weir")
+    weir_output(args, [("WEIR_KAFKA_BROKERS", stack().kafka)])
 }
 
 fn partitions(topic: &str) -> usize {
@@ -41,7 +37,6 @@ fn text(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_adds_refuses_decrease_and_dry_runs() {
     let st = stack();
-    st.require_kafka();
     let topics = TestTopics::create(&st, 2).await;
     let keyed = topics.health.as_str();
     let p: FutureProducer = ClientConfig::new()

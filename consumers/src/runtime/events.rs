@@ -31,34 +31,31 @@ pub(crate) struct MemberEvents {
 }
 
 impl MemberEvents {
+    /// The handles whose metric is one series per group are made here, in
+    /// one place; the events with more to register register themselves.
     pub fn register(group: &str) -> Self {
-        let group = group.to_string();
+        let g = || group.to_string();
         MemberEvents {
-            skipped: RecordsSkipped { group: &group }.register(),
-            committed: BatchCommitted { group: &group }.register(),
-            fenced: BatchFenced { group: &group }.register(),
-            gap: RetentionGap { group: &group }.register(),
-            owned: PartitionsOwned { group: &group }.register(),
-            store: StoreFailed { group: &group }.register(),
+            skipped: RecordsSkippedHandle(
+                metrics::counter!("weir_consumer_records_total", "group" => g(), "outcome" => "skipped"),
+            ),
+            committed: BatchCommitted { group }.register(),
+            fenced: BatchFencedHandle(
+                metrics::counter!("weir_consumer_fenced_batches_total", "group" => g()),
+            ),
+            gap: RetentionGapHandle(
+                metrics::counter!("weir_consumer_gap_records_total", "group" => g()),
+            ),
+            owned: PartitionsOwnedHandle(
+                metrics::gauge!("weir_consumer_partitions_owned", "group" => g()),
+            ),
+            store: StoreFailed { group }.register(),
         }
     }
 }
 
 /// Records below the stored offset, already applied: dropped.
-pub(crate) struct RecordsSkipped<'a> {
-    pub group: &'a str,
-}
-
 pub(crate) struct RecordsSkippedHandle(Counter);
-
-impl RegisterInternalEvent for RecordsSkipped<'_> {
-    type Handle = RecordsSkippedHandle;
-    fn register(self) -> Self::Handle {
-        RecordsSkippedHandle(
-            metrics::counter!("weir_consumer_records_total", "group" => self.group.to_string(), "outcome" => "skipped"),
-        )
-    }
-}
 
 impl InternalEventHandle for RecordsSkippedHandle {
     /// (partition, offset)
@@ -115,20 +112,7 @@ impl InternalEventHandle for BatchCommittedHandle {
 }
 
 /// The offset fence failed: another member moved the partition first.
-pub(crate) struct BatchFenced<'a> {
-    pub group: &'a str,
-}
-
 pub(crate) struct BatchFencedHandle(Counter);
-
-impl RegisterInternalEvent for BatchFenced<'_> {
-    type Handle = BatchFencedHandle;
-    fn register(self) -> Self::Handle {
-        BatchFencedHandle(
-            metrics::counter!("weir_consumer_fenced_batches_total", "group" => self.group.to_string()),
-        )
-    }
-}
 
 impl InternalEventHandle for BatchFencedHandle {
     /// The partition whose fence failed.
@@ -144,10 +128,6 @@ impl InternalEventHandle for BatchFencedHandle {
 
 /// Kafka delivered past the stored offset even after a seek: the records in
 /// between are gone (retention).
-pub(crate) struct RetentionGap<'a> {
-    pub group: &'a str,
-}
-
 pub(crate) struct RetentionGapHandle(Counter);
 
 /// Where the gap is.
@@ -155,15 +135,6 @@ pub(crate) struct Gap {
     pub partition: i32,
     pub expected: i64,
     pub got: i64,
-}
-
-impl RegisterInternalEvent for RetentionGap<'_> {
-    type Handle = RetentionGapHandle;
-    fn register(self) -> Self::Handle {
-        RetentionGapHandle(
-            metrics::counter!("weir_consumer_gap_records_total", "group" => self.group.to_string()),
-        )
-    }
 }
 
 impl InternalEventHandle for RetentionGapHandle {
@@ -177,20 +148,7 @@ impl InternalEventHandle for RetentionGapHandle {
 }
 
 /// How many partitions the member owns.
-pub(crate) struct PartitionsOwned<'a> {
-    pub group: &'a str,
-}
-
 pub(crate) struct PartitionsOwnedHandle(Gauge);
-
-impl RegisterInternalEvent for PartitionsOwned<'_> {
-    type Handle = PartitionsOwnedHandle;
-    fn register(self) -> Self::Handle {
-        PartitionsOwnedHandle(
-            metrics::gauge!("weir_consumer_partitions_owned", "group" => self.group.to_string()),
-        )
-    }
-}
 
 impl InternalEventHandle for PartitionsOwnedHandle {
     type Data = usize;

@@ -1,6 +1,13 @@
 //! What the edge's test binaries share.
+#![allow(dead_code)] // each test binary uses its own part
 
 use weir_edge::S3Config;
+
+/// Sends `req` and waits for the answer's head; a request that gets none
+/// (refused, reset, timed out) fails the test.
+pub async fn answer(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.expect("an answer")
+}
 
 /// The local stack's S3 server (or `endpoint`), with its test credentials.
 pub fn s3_config(endpoint: Option<String>) -> S3Config {
