@@ -470,3 +470,86 @@ fn respond(results: Vec<RecordAnswer>, retry_after: Duration) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> RecordAnswer {
+        RecordAnswer {
+            status: 200,
+            partition: Some(0),
+            offset: Some(1),
+            code: None,
+            field: None,
+            message: None,
+        }
+    }
+
+    fn no(status: StatusCode) -> RecordAnswer {
+        RecordAnswer::refused(status, "x", "why")
+    }
+
+    async fn body(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn the_answer_takes_its_most_urgent_refusal() {
+        let r = respond(vec![ok(), ok()], Duration::ZERO);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let b = body(r).await;
+        assert_eq!(
+            (b["accepted"].as_u64(), b["refused"].as_u64()),
+            (Some(2), Some(0))
+        );
+        assert!(b.get("error").is_none());
+
+        let r = respond(
+            vec![
+                ok(),
+                no(StatusCode::BAD_REQUEST),
+                no(StatusCode::TOO_MANY_REQUESTS),
+            ],
+            Duration::from_millis(1500),
+        );
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2", "rounded up");
+        let b = body(r).await;
+        assert_eq!(b["results"][1]["status"], 400);
+
+        let r = respond(
+            vec![
+                no(StatusCode::SERVICE_UNAVAILABLE),
+                no(StatusCode::TOO_MANY_REQUESTS),
+            ],
+            Duration::ZERO,
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body(r).await["error"]["code"], "x");
+    }
+
+    #[test]
+    fn batches_are_recognised_by_their_media_type() {
+        let mut h = HeaderMap::new();
+        assert!(
+            !is_ndjson(&h),
+            "no type: one report (curl's default form type too)"
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson; charset=utf-8"),
+        );
+        assert!(is_ndjson(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(!is_ndjson(&h));
+    }
+}
