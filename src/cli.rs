@@ -38,6 +38,9 @@ pub enum Command {
     Center(CenterArgs),
     /// Serve S3 objects to CDN clients from memory and disk caches.
     Edge(EdgeArgs),
+    /// Take health reports over HTTP (for agents that cannot reach Kafka)
+    /// and produce them to the health topic.
+    Ingest(IngestArgs),
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -76,6 +79,10 @@ pub struct AgentArgs {
     /// Stop after this many reports.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Report through a `weir ingest` gateway at this URL instead of Kafka
+    /// (overrides agent.via), e.g. http://127.0.0.1:8095.
+    #[arg(long, value_name = "URL")]
+    pub via: Option<String>,
 }
 
 /// `weir consume …`.
@@ -198,6 +205,14 @@ pub struct EdgeArgs {
     pub admin_addr: Option<String>,
 }
 
+/// `weir ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Listen address (overrides ingest.addr).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+}
+
 /// `weir topics …`.
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -310,6 +325,7 @@ impl Cli {
             Command::Consume(ConsumeCommand::Health(a) | ConsumeCommand::Access(a)) => a.apply(cfg),
             Command::Center(a) => a.apply(cfg),
             Command::Edge(a) => a.apply(cfg),
+            Command::Ingest(a) => a.apply(cfg),
             Command::Lag(LagCommand::List(v)) => v.apply(cfg),
             Command::Lag(LagCommand::Describe(d)) => d.view.apply(cfg),
             Command::Lag(LagCommand::Export(e)) => e.apply(cfg),
@@ -340,6 +356,17 @@ impl AgentArgs {
         }
         if let Some(c) = self.count {
             cfg.agent.max_reports = c;
+        }
+        if let Some(v) = &self.via {
+            cfg.agent.via = v.clone();
+        }
+    }
+}
+
+impl IngestArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(addr) = &self.addr {
+            cfg.ingest.addr = addr.clone();
         }
     }
 }

@@ -14,6 +14,7 @@ use weir_center::CenterConfig;
 use weir_consumers::ConsumerConfig;
 use weir_core::{DatabaseConfig, RedisConfig, Validate};
 use weir_edge::{EdgeConfig, S3Config};
+use weir_ingest::IngestConfig;
 use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
@@ -202,6 +203,8 @@ pub struct Config {
     pub s3: S3Config,
     /// Object edge.
     pub edge: EdgeConfig,
+    /// HTTP ingest gateway for health reports.
+    pub ingest: IngestConfig,
     /// Metrics server.
     pub metrics: MetricsConfig,
     /// Logging.
@@ -286,11 +289,20 @@ impl Config {
         self.center.validate()?;
         self.metrics.validate()?;
         self.validate_edge()?;
+        self.ingest.validate()?;
         self.log.validate()?;
         self.up.validate()?;
         self.lag.validate()?;
         self.limiter.validate()?;
         // Across sections.
+        if self.ingest.ack_timeout <= self.kafka.linger {
+            // It becomes the gateway producer's message timeout, which
+            // librdkafka wants above linger.ms.
+            return Err(ConfigError::new(
+                "ingest.ack_timeout",
+                "must be longer than kafka.linger",
+            ));
+        }
         if self.limiter.stale_after < self.lag.interval {
             return Err(ConfigError::new(
                 "limiter.stale_after",

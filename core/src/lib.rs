@@ -1,6 +1,7 @@
 //! What every Weir role shares and no single role owns: handles to the
 //! stores (PostgreSQL, Redis), the Kafka client settings, the HTTP error type
-//! every server answers with, and the process's shutdown signal.
+//! every server answers with, the hardened listener of public servers
+//! (`listener`), and the process's shutdown signal.
 //!
 //! Nothing here knows about events or aggregations; the contracts between
 //! processes (event types, topic names, Redis key layout) live in
@@ -10,6 +11,7 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod listener;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

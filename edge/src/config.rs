@@ -123,6 +123,18 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// The client listener's limits. At most one chunk of a response waits
+    /// in a connection's buffer for a client that does not read.
+    pub fn conn_limits(&self) -> weir_core::listener::ConnLimits {
+        weir_core::listener::ConnLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            send_timeout: self.send_timeout,
+            max_buf_size: crate::reply::CHUNK as usize,
+        }
+    }
+
     /// The disk tier's directory, resolving the empty default.
     pub fn resolved_disk_dir(&self) -> std::path::PathBuf {
         if self.disk_dir.is_empty() {
@@ -233,21 +245,7 @@ impl Validate for EdgeConfig {
         if self.fresh_for.is_zero() {
             return Err(ConfigError::new("edge.fresh_for", "must be more than 0s"));
         }
-        if !(1..=1_000_000).contains(&self.max_connections) {
-            return Err(ConfigError::new(
-                "edge.max_connections",
-                "must be between 1 and 1000000",
-            ));
-        }
-        for (key, d) in [
-            ("edge.header_read_timeout", self.header_read_timeout),
-            ("edge.idle_timeout", self.idle_timeout),
-            ("edge.send_timeout", self.send_timeout),
-        ] {
-            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                return Err(ConfigError::new(key, "must be between 100ms and 1h"));
-            }
-        }
+        self.conn_limits().validate("edge")?;
         if self.inflight_budget < 2 * self.slice_size {
             return Err(ConfigError::new(
                 "edge.inflight_budget",

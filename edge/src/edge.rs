@@ -142,13 +142,8 @@ impl Edge {
     }
 
     /// The client listener's limits.
-    pub fn conn_limits(&self) -> crate::listener::ConnLimits {
-        crate::listener::ConnLimits {
-            max_connections: self.cfg.max_connections,
-            header_read_timeout: self.cfg.header_read_timeout,
-            idle_timeout: self.cfg.idle_timeout,
-            send_timeout: self.cfg.send_timeout,
-        }
+    pub fn conn_limits(&self) -> weir_core::listener::ConnLimits {
+        self.cfg.conn_limits()
     }
 
     /// Where `POST /fetch` may go (`edge.fetch_allow`).

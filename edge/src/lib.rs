@@ -20,7 +20,6 @@ pub mod fill;
 pub mod flight;
 pub mod generation;
 pub mod keys;
-pub mod listener;
 pub mod lookup;
 pub mod meta;
 pub mod origin;

@@ -171,7 +171,7 @@ impl Edge {
 
 /// Bytes sent per chunk of a streamed response; each chunk in flight is
 /// counted in `edge.inflight_budget`. With the connection's write buffer
-/// capped at one chunk ([`crate::listener`]), a client that stops reading
+/// capped at one chunk (`weir_core::listener`, `ConnLimits::max_buf_size`), a client that stops reading
 /// holds about two chunks of memory, not a slice.
 pub(crate) const CHUNK: u64 = 64 * 1024;
 

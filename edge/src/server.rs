@@ -67,7 +67,7 @@ pub async fn serve(
     let admin_app = admin_router(edge).merge(extra_admin);
     info!(client = %client.local_addr()?, admin = %admin.local_addr()?, "edge listening");
     let (s1, s2) = (shutdown.clone(), shutdown);
-    let c = crate::listener::serve_limited(client, app, limits, s1);
+    let c = weir_core::listener::serve_limited(client, app, limits, s1);
     let a =
         axum::serve(admin, admin_app).with_graceful_shutdown(async move { s2.cancelled().await });
     tokio::try_join!(c, std::future::IntoFuture::into_future(a))?;

@@ -41,6 +41,16 @@ pub struct AgentConfig {
     /// Stop after this many reports (0 = run until stopped); for tests and
     /// benchmarks.
     pub max_reports: u64,
+    /// Base URL of a `weir ingest` gateway (`http://host:8095`); empty
+    /// means Kafka directly. For hosts that cannot reach Kafka.
+    pub via: String,
+    /// Reports held while the gateway does not take them (503, 429, no
+    /// answer); past it the oldest is dropped and counted as failed.
+    pub backlog: usize,
+    /// Bound on one request to the gateway, its acknowledgement included;
+    /// longer than the gateway's `ingest.ack_timeout`, so its 503 arrives.
+    #[serde(with = "humantime_serde")]
+    pub http_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -53,6 +63,9 @@ impl Default for AgentConfig {
             cdn_type: "edge".into(),
             wan_ips: Vec::new(),
             max_reports: 0,
+            via: String::new(),
+            backlog: 10_000,
+            http_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -81,6 +94,34 @@ impl Validate for AgentConfig {
                     "must be at most 255 bytes, without control characters",
                 ));
             }
+        }
+        if !self.via.is_empty() {
+            let ok = reqwest::Url::parse(&self.via)
+                .is_ok_and(|u| u.scheme() == "http" && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::new(
+                    "agent.via",
+                    format!(
+                        "{:?} is not an http:// URL of a weir ingest gateway (https is not built in: \
+                         put a TLS proxy on the agent's host)",
+                        self.via
+                    ),
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.backlog) {
+            return Err(ConfigError::new(
+                "agent.backlog",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.http_timeout < Duration::from_millis(100)
+            || self.http_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::new(
+                "agent.http_timeout",
+                "must be between 100ms and 10m",
+            ));
         }
         Ok(())
     }
@@ -131,6 +172,11 @@ impl Sampler {
     /// Identifier of this agent run.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// The node id reported.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Samples the host and returns the next event.
@@ -267,8 +313,54 @@ pub struct AgentReport {
     pub queued: u64,
     /// Reports Kafka acknowledged.
     pub delivered: u64,
-    /// Reports that failed (queue full or delivery error).
+    /// Reports that failed (queue full or delivery error; through a
+    /// gateway: refused as invalid, dropped from a full backlog, or still
+    /// held at the drain deadline).
     pub failed: u64,
+    /// Reports sent again after the gateway answered 429 or 503 or did not
+    /// answer (0 when reporting to Kafka, whose producer retries inside).
+    pub resent: u64,
+}
+
+/// The agent's clock: a tick every interval (missed ticks skipped, so a
+/// stalled host does not burst), until shutdown or `max_reports`.
+pub(crate) struct Schedule {
+    ticker: tokio::time::Interval,
+    shutdown: CancellationToken,
+    max: u64,
+    ticks: u64,
+}
+
+impl Schedule {
+    /// Starts the clock; the first report comes one interval from now, so
+    /// that its rates cover a real interval (the sampler already holds a
+    /// first reading).
+    pub(crate) async fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> Self {
+        let mut ticker = tokio::time::interval(cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker.tick().await;
+        Schedule {
+            ticker,
+            shutdown,
+            max: cfg.max_reports,
+            ticks: 0,
+        }
+    }
+
+    /// Waits for the next report's time; `false` when the agent should stop.
+    pub(crate) async fn next(&mut self) -> bool {
+        if self.max > 0 && self.ticks >= self.max {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => false,
+            _ = self.ticker.tick() => {
+                self.ticks += 1;
+                true
+            }
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` fires (or `max_reports` is reached), then
@@ -307,17 +399,8 @@ pub async fn run_agent(
         (ok, failed)
     });
 
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // The first tick fires at once; the sampler already holds a first
-    // reading, so wait one interval to report rates over a real interval.
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
+    let mut schedule = Schedule::start(&cfg, shutdown).await;
+    while schedule.next().await {
         let event = sampler.sample();
         debug!(seq = event.seq, "sampled");
         match producer.enqueue(&topic, &event) {
@@ -336,9 +419,6 @@ pub async fn run_agent(
                 report.failed += 1;
                 warn!(seq = event.seq, error = %e, "report not queued");
             }
-        }
-        if cfg.max_reports > 0 && report.queued >= cfg.max_reports {
-            break;
         }
     }
     drop(tx);

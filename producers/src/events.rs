@@ -71,3 +71,24 @@ impl InternalEvent for ReportQueued {
         metrics::counter!("weir_agent_reports_total").increment(1);
     }
 }
+
+/// The gateway did not take some reports (`weir agent --via`): they are
+/// held and sent again. `status` 0 means no answer (refused connection,
+/// timeout).
+pub(crate) struct GatewayRefused<'a> {
+    pub status: u16,
+    pub reports: usize,
+    pub detail: &'a str,
+}
+
+impl InternalEvent for GatewayRefused<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            status = self.status,
+            reports = self.reports,
+            detail = self.detail,
+            "the gateway did not take the reports; backing off"
+        );
+        metrics::counter!("weir_agent_gateway_refusals_total").increment(1);
+    }
+}

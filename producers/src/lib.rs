@@ -1,5 +1,6 @@
 //! Producing side of Weir: the shared Kafka producer every role uses to emit
-//! events, and the host agent (`weir agent`) that reports a node's health.
+//! events, and the host agent (`weir agent`) that reports a node's health,
+//! to Kafka or through a `weir ingest` gateway (`agent_http`).
 //!
 //! The producer validates each event before it leaves the process (an invalid
 //! event is refused at its source rather than dead-lettered downstream) and
@@ -8,12 +9,14 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod agent_http;
 mod events;
 pub mod limiter;
 pub mod producer;
 pub mod signal;
 
 pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
+pub use agent_http::run_agent_via;
 pub use limiter::{Decision, LagLimiter, LimiterConfig};
 pub use producer::{Delivery, EventProducer, Offer, PendingDelivery, ProduceError};
 pub use signal::follow_signal;

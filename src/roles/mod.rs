@@ -9,6 +9,7 @@ mod consume;
 pub mod dlq;
 pub mod edge;
 pub mod gen;
+pub mod ingest;
 pub mod lag;
 pub mod topics;
 mod up;
@@ -134,6 +135,10 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
         Command::Lag(LagCommand::Advise(a)) => lag::advise(&cfg, &a, shutdown).await,
+        Command::Ingest(_) => {
+            let listener = ingest::bind(&cfg).await?;
+            ingest::run(&cfg, listener, Some(handle), shutdown).await
+        }
         Command::Edge(_) => {
             let (client, admin) = edge::bind(&cfg).await?;
             edge::run(&cfg, client, admin, Some(handle), shutdown).await

@@ -1,5 +1,6 @@
-//! Reading a dead-letter topic as an operator would: every record with its
-//! key, reason and source headers, from the beginning.
+//! Reading a topic back as an operator would: every record with its key,
+//! payload and headers from the beginning; for a dead-letter topic, with
+//! its reason and source headers picked out.
 
 use std::time::{Duration, Instant};
 
@@ -23,18 +24,29 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
 }
 
+/// One record of a topic, as read back.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    /// Record key, empty when absent.
+    pub key: Vec<u8>,
+    /// Payload, empty when absent.
+    pub payload: Vec<u8>,
+    /// Every header as (name, lossy UTF-8 value).
+    pub headers: Vec<(String, String)>,
+}
+
 /// Reads every record of `topic` from the beginning until no new record
 /// arrived for `idle` (two minutes at most).
-pub fn read_dead_letters(brokers: &str, topic: &str, idle: Duration) -> Vec<DeadLetter> {
+pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Vec<TopicRecord> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", crate::names::unique("dlq-reader"))
+        .set("group.id", crate::names::unique("topic-reader"))
         .set("enable.auto.commit", "false")
         .create()
         .expect("Kafka consumer");
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("dead-letter topic metadata");
+        .expect("topic metadata");
     let mut tpl = TopicPartitionList::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
@@ -58,22 +70,34 @@ pub fn read_dead_letters(brokers: &str, topic: &str, idle: Duration) -> Vec<Dead
                     .collect()
             })
             .unwrap_or_default();
-        let find = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        out.push(DeadLetter {
-            key: m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default(),
-            payload_len: m.payload().map_or(0, <[u8]>::len),
-            reason: find("weir.dlq.reason"),
-            source_topic: find("weir.dlq.source.topic"),
+        out.push(TopicRecord {
+            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers,
         });
     }
     out
+}
+
+/// Reads every record of the dead-letter `topic` from the beginning until
+/// no new record arrived for `idle` (two minutes at most).
+pub fn read_dead_letters(brokers: &str, topic: &str, idle: Duration) -> Vec<DeadLetter> {
+    read_topic(brokers, topic, idle)
+        .into_iter()
+        .map(|r| {
+            let find = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            DeadLetter {
+                key: String::from_utf8_lossy(&r.key).into_owned(),
+                payload_len: r.payload.len(),
+                reason: find("weir.dlq.reason"),
+                source_topic: find("weir.dlq.source.topic"),
+                headers: r.headers.clone(),
+            }
+        })
+        .collect()
 }

@@ -32,7 +32,7 @@ mod world;
 
 pub use bucket::TestBucket;
 pub use db::TestDb;
-pub use dead_letters::{read_dead_letters, DeadLetter};
+pub use dead_letters::{read_dead_letters, read_topic, DeadLetter, TopicRecord};
 pub use faults::black_hole;
 pub use kafka::TestTopics;
 pub use logs::init_logs;

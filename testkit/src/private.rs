@@ -18,6 +18,9 @@ pub struct PrivateService {
     dir: PathBuf,
     /// Port it listens on.
     pub port: u16,
+    /// Kafka's controller port: a free port of its own (not `port + 1`,
+    /// which another process may hold), kept across restarts.
+    controller_port: u16,
     child: Option<Child>,
 }
 
@@ -30,6 +33,7 @@ impl PrivateService {
             kind,
             dir,
             port: free_port(),
+            controller_port: free_port(),
             child: None,
         };
         s.restart();
@@ -59,12 +63,17 @@ impl PrivateService {
                 self.dir.display().to_string().replace('/', "_")
             )))
             .ok();
-        let child = Command::new(&script)
-            .arg(self.kind)
+        let mut cmd = Command::new(&script);
+        cmd.arg(self.kind)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--port")
-            .arg(self.port.to_string())
+            .arg(self.port.to_string());
+        if self.kind == "kafka" {
+            cmd.arg("--controller-port")
+                .arg(self.controller_port.to_string());
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(
                 log.as_ref()

@@ -13,9 +13,11 @@
 //!   topics_scale     `weir topics scale`
 //!   deploy_files     deploy/ files checked against the binary
 //!   hostile          hostile input and faults from the outside (issue 9)
+//!   ingest           `weir ingest`: agents over HTTP, Kafka stopped, hostile bodies
 //!
 //! The helpers here are the ones every module needs: the binary, running it
-//! to completion, and an edge process with its own ports and disk tier.
+//! to completion, a center, an ingest gateway, and an edge process with its
+//! own ports and disk tier.
 
 mod access;
 mod deploy_files;
@@ -23,6 +25,7 @@ mod edge;
 mod edge_limiter;
 mod health;
 mod hostile;
+mod ingest;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
@@ -143,6 +146,53 @@ impl Center {
         })
         .await;
         Center { addr, proc }
+    }
+}
+
+/// A running `weir ingest` on its own port.
+pub struct Ingest {
+    /// Listen address (`/api/v1/health`, `/metrics`, `/livez`, `/readyz`).
+    pub addr: SocketAddr,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Ingest {
+    /// Spawns `weir ingest` with `env` plus its own address, and waits until
+    /// it is ready (Kafka answered).
+    pub async fn start(env: &[(String, String)]) -> Ingest {
+        let addr = free_addr();
+        let mut env = env.to_vec();
+        env.push(("WEIR_INGEST_ADDR".into(), addr.to_string()));
+        let proc = Proc::spawn("ingest", weir(), &["ingest"], &env);
+        eventually(Duration::from_secs(30), "ingest ready", || async move {
+            reqwest::get(format!("http://{addr}/readyz"))
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        Ingest { addr, proc }
+    }
+
+    /// `http://ADDR`, for `weir agent --via`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The value of the sample of `/metrics` whose line starts with
+    /// `prefix` (name and labels), 0 when absent.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 

@@ -1,11 +1,14 @@
-//! The client listener, with the limits a public server needs: at most
-//! `edge.max_connections` connections (the rest wait in the kernel's
-//! backlog), `edge.header_read_timeout` to send a request's headers,
-//! `edge.idle_timeout` without any progress on a connection (a keep-alive
-//! connection with no next request, or a client that neither sends nor
-//! reads), and `edge.send_timeout` for a client that stops reading while the
-//! edge has bytes to send — so a slow or silent client costs a connection
-//! slot for a bounded time, never memory without bound.
+//! The listener of every public Weir server (the edge's clients, the ingest
+//! gateway's agents), with the limits a public server needs: at most
+//! `max_connections` connections (the rest wait in the kernel's backlog),
+//! `header_read_timeout` to send a request's headers, `idle_timeout` without
+//! any progress on a connection (a keep-alive connection with no next
+//! request, or a client that neither sends nor reads), and `send_timeout` for
+//! a client that stops reading while the server has bytes to send — so a
+//! slow or silent client costs a connection slot for a bounded time, never
+//! memory without bound. Each server names these settings in its own section
+//! (`edge.idle_timeout`, `ingest.idle_timeout`) and checks them with
+//! [`ConnLimits::validate`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,17 +31,54 @@ use tower::ServiceExt;
 /// How long open requests get to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Connection limits of the client listener.
+/// Connection limits of a public listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
-    /// `edge.max_connections`.
+    /// Connections served at once (`<section>.max_connections`).
     pub max_connections: usize,
-    /// `edge.header_read_timeout`.
+    /// Time a client gets to send a request's headers.
     pub header_read_timeout: Duration,
-    /// `edge.idle_timeout`.
+    /// A connection without any progress this long is closed.
     pub idle_timeout: Duration,
-    /// `edge.send_timeout`.
+    /// A client that reads nothing of a response this long is disconnected.
     pub send_timeout: Duration,
+    /// Bytes of a response that may wait in a connection's buffer for a
+    /// client that does not read; also the largest request head accepted.
+    pub max_buf_size: usize,
+}
+
+impl ConnLimits {
+    /// Checks the limits as `section.max_connections`, `section.…_timeout`:
+    /// 1..=1 000 000 connections, timeouts between 100 ms and an hour, a
+    /// buffer of at least 8 KiB (hyper's floor).
+    pub fn validate(&self, section: &str) -> Result<(), crate::ConfigError> {
+        use crate::ConfigError;
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                format!("{section}.max_connections"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        for (key, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("send_timeout", self.send_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ConfigError::new(
+                    format!("{section}.{key}"),
+                    "must be between 100ms and 1h",
+                ));
+            }
+        }
+        if self.max_buf_size < 8192 {
+            return Err(ConfigError::new(
+                format!("{section}.max_buf_size"),
+                "must be at least 8192 bytes",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// When a connection last made progress, and since when a write has been
@@ -203,10 +243,10 @@ pub async fn serve_limited(
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            // At most one chunk of a response waits in the connection's
+            // At most this much of a response waits in the connection's
             // buffer for a client that does not read (also the largest
             // request head accepted).
-            .max_buf_size(crate::reply::CHUNK as usize);
+            .max_buf_size(limits.max_buf_size);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
             .into_owned();
