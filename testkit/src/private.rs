@@ -18,18 +18,24 @@ pub struct PrivateService {
     dir: PathBuf,
     /// Port it listens on.
     pub port: u16,
+    /// Kafka only: its controller, SASL_SSL and SSL (client certificate
+    /// required) listeners' ports.
+    kafka_ports: Option<(u16, u16, u16)>,
     child: Option<Child>,
 }
 
 impl PrivateService {
-    /// Starts `kind` (`redis`, `postgres`, `kafka` or `s3`) on a free port
-    /// and waits until it answers.
+    /// Starts `kind` (`redis`, `postgres`, `kafka`, `kafka3` — a Kafka 3.x
+    /// broker — or `s3`) on a free port and waits until it answers.
     pub fn start(kind: &'static str) -> PrivateService {
         let dir = std::env::temp_dir().join(unique(&format!("weir-{kind}")));
         let mut s = PrivateService {
             kind,
             dir,
             port: free_port(),
+            kafka_ports: kind
+                .starts_with("kafka")
+                .then(|| (free_port(), free_port(), free_port())),
             child: None,
         };
         s.restart();
@@ -41,9 +47,30 @@ impl PrivateService {
         match self.kind {
             "redis" => format!("redis://127.0.0.1:{}/", self.port),
             "postgres" => format!("postgres://weir:weir@127.0.0.1:{}/weir", self.port),
-            "kafka" => format!("127.0.0.1:{}", self.port),
+            "kafka" | "kafka3" => format!("127.0.0.1:{}", self.port),
             other => format!("{other}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// Kafka: `host:port` of the SASL_SSL listener (SCRAM-SHA-512,
+    /// SCRAM-SHA-256 and PLAIN; user `weir`, password `weir-secret`).
+    pub fn sasl_ssl_addr(&self) -> String {
+        let (_, sasl, _) = self.kafka_ports.expect("a Kafka instance");
+        format!("127.0.0.1:{sasl}")
+    }
+
+    /// Kafka: `host:port` of the SSL listener that requires a client
+    /// certificate signed by the instance's CA.
+    pub fn ssl_addr(&self) -> String {
+        let (_, _, ssl) = self.kafka_ports.expect("a Kafka instance");
+        format!("127.0.0.1:{ssl}")
+    }
+
+    /// Kafka: the instance's throw-away CA and certificates (`ca.pem`,
+    /// `client.pem`, `client.key` encrypted with `weir-secret`), made by
+    /// `deploy/local/serve` on first start.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
     }
 
     /// (Re)starts the service on the same port and data, waiting until it
@@ -65,6 +92,20 @@ impl PrivateService {
             .arg(&self.dir)
             .arg("--port")
             .arg(self.port.to_string())
+            .args(
+                self.kafka_ports
+                    .map(|(c, sasl, ssl)| {
+                        vec![
+                            "--controller-port".to_string(),
+                            c.to_string(),
+                            "--sasl-ssl-port".into(),
+                            sasl.to_string(),
+                            "--ssl-port".into(),
+                            ssl.to_string(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(
                 log.as_ref()
