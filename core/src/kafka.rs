@@ -182,6 +182,39 @@ impl Validate for KafkaConfig {
             ));
         }
         one_of("kafka.compression", &self.compression, COMPRESSION_CODECS)?;
+        // librdkafka takes C strings: a NUL would fail deep inside client
+        // creation without naming the setting; other control characters in
+        // a path or a credential are a paste gone wrong.
+        for (key, value) in [
+            ("kafka.security_protocol", &self.security_protocol),
+            ("kafka.ssl_ca_location", &self.ssl_ca_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
+            ("kafka.ssl_key_location", &self.ssl_key_location),
+            ("kafka.ssl_key_password", &self.ssl_key_password),
+            ("kafka.sasl_mechanism", &self.sasl_mechanism),
+            ("kafka.sasl_username", &self.sasl_username),
+            ("kafka.sasl_password", &self.sasl_password),
+            ("kafka.client_id", &self.client_id),
+            ("kafka.brokers", &self.brokers),
+        ] {
+            if value.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    key,
+                    "must not contain control characters (NUL, newline, …)",
+                ));
+            }
+        }
+        for (k, v) in &self.rdkafka {
+            if k.contains('\0') || v.contains('\0') {
+                return Err(ConfigError::new(
+                    format!("kafka.rdkafka.{k:?}"),
+                    "must not contain a NUL byte",
+                ));
+            }
+        }
         self.validate_security()?;
         // A raw key that a named setting also sets would silently win.
         for (raw, named) in self.named_settings() {
@@ -792,6 +825,27 @@ mod tests {
                     ..sasl_ssl()
                 },
                 "kafka.rdkafka.\"sasl.password\"",
+            ),
+            (
+                KafkaConfig {
+                    sasl_password: "hunter2\0".into(),
+                    ..sasl_ssl()
+                },
+                "kafka.sasl_password",
+            ),
+            (
+                KafkaConfig {
+                    sasl_username: "alice\n".into(),
+                    ..sasl_ssl()
+                },
+                "kafka.sasl_username",
+            ),
+            (
+                KafkaConfig {
+                    rdkafka: [("linger.ms".to_string(), "5\0".to_string())].into(),
+                    ..KafkaConfig::default()
+                },
+                "kafka.rdkafka.\"linger.ms\"",
             ),
         ];
         for (c, key) in cases {

@@ -119,9 +119,17 @@ impl PrivateService {
         self.child = Some(child);
         let start = Instant::now();
         let addr = format!("127.0.0.1:{}", self.port);
+        // A broker's first start formats its storage and makes its
+        // certificates (two JVMs and openssl): on two busy cores that can
+        // take well over a minute.
+        let limit = Duration::from_secs(if self.kind.starts_with("kafka") {
+            150
+        } else {
+            60
+        });
         while !answers(&addr) {
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < limit,
                 "private {} did not start on {addr}",
                 self.kind
             );
