@@ -59,6 +59,14 @@ pub enum Command {
     Config,
 }
 
+impl Command {
+    /// Whether the command talks to Kafka (and so needs its TLS/SASL
+    /// settings checked against the brokers before it starts).
+    pub fn uses_kafka(&self) -> bool {
+        !matches!(self, Command::Center(_) | Command::Config)
+    }
+}
+
 /// `weir up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {

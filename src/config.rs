@@ -19,7 +19,7 @@ use weir_lag::LagConfig;
 use weir_producers::LimiterConfig;
 use weir_producers::{AgentConfig, KafkaConfig};
 
-use weir_core::config::{is_secret_key, mask_url};
+use weir_core::config::mask_url;
 pub use weir_core::config::{parse_addr, ConfigError};
 
 /// Topic names and how `weir topics ensure` creates them.
@@ -260,17 +260,14 @@ impl Config {
     }
 
     /// The configuration as TOML, with every secret replaced by `***`: URL
-    /// passwords, the S3 secret key, and raw Kafka settings whose name says
-    /// they hold a secret (`sasl.password`, `ssl.key.password`, …).
+    /// passwords, the S3 secret key, `kafka.sasl_password`,
+    /// `kafka.ssl_key_password`, and raw Kafka settings whose name says they
+    /// hold a secret (`sasl.password`, `ssl.key.password`, …).
     pub fn to_toml_masked(&self) -> anyhow::Result<String> {
         let mut c = self.clone();
         c.database.url = mask_url(&c.database.url);
         c.redis.url = mask_url(&c.redis.url);
-        for (k, v) in c.kafka.rdkafka.iter_mut() {
-            if is_secret_key(k) {
-                *v = "***".into();
-            }
-        }
+        c.kafka = c.kafka.masked();
         if !c.s3.secret_access_key.is_empty() {
             c.s3.secret_access_key = "***".into();
         }
@@ -485,6 +482,21 @@ mod tests {
             .expect_err("invalid URL");
         assert_eq!(e.key, "redis.url");
         assert!(!e.to_string().contains("pa55w0rd"), "{e}");
+        // Named Kafka secrets too, from the file or the environment.
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("WEIR_KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("WEIR_KAFKA_SASL_USERNAME", "apikey"),
+                ("WEIR_KAFKA_SASL_PASSWORD", "s3cr3t-api-secret"),
+            ]),
+        )
+        .expect("loads");
+        let shown = c.to_toml_masked().expect("toml");
+        assert!(!shown.contains("s3cr3t-api-secret"), "{shown}");
+        assert!(shown.contains("sasl_password = \"***\""), "{shown}");
+        assert!(!format!("{c:?}").contains("s3cr3t-api-secret"));
         let c = Config::load(None, env(&[])).expect("loads");
         // What it prints loads back to the same settings.
         let back: Config = toml::from_str(&text).expect("round trip");
@@ -567,6 +579,38 @@ mod tests {
             (None, vec![("WEIR_CENTER_ADR", "x")], "WEIR_CENTER_ADR"),
             (None, vec![("WEIR_CENTER_ADDR", "localhost")], "center.addr"),
             (None, vec![("WEIR_KAFKA_BROKERS", "")], "kafka.brokers"),
+            (
+                None,
+                vec![("WEIR_KAFKA_COMPRESSION", "brotli")],
+                "kafka.compression",
+            ),
+            (
+                None,
+                vec![("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")],
+                "kafka.sasl_mechanism",
+            ),
+            (
+                None,
+                vec![
+                    ("WEIR_KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("WEIR_KAFKA_SSL_CA_LOCATION", "/no/such/ca.pem"),
+                ],
+                "kafka.ssl_ca_location",
+            ),
+            (
+                None,
+                vec![
+                    ("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                    ("WEIR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+                    ("WEIR_KAFKA_SASL_USERNAME", "weir"),
+                ],
+                "kafka.sasl_password",
+            ),
+            (
+                None,
+                vec![("WEIR_CONSUMER_GROUP_PROTOCOL", "kip848")],
+                "consumer.group_protocol",
+            ),
             (
                 None,
                 vec![("WEIR_CENTER_KEEPALIVE", "0s")],

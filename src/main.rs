@@ -13,6 +13,10 @@ use cli::Cli;
 use config::{Config, ConfigError};
 use roles::lag::StatusExit;
 
+/// How long the start-up check of TLS/SASL settings may ask the brokers
+/// (unreachable brokers end it early: roles start without Kafka).
+const KAFKA_PREFLIGHT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -45,6 +49,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Credentials and certificates the brokers refuse end the process here,
+    // before any role starts, with one line naming the setting.
+    if cli.command.uses_kafka() {
+        if let Err(e) = cfg.kafka.preflight(KAFKA_PREFLIGHT) {
+            eprintln!("weir: {e}");
+            return ExitCode::from(2);
+        }
+    }
     telemetry::init_logs(&cfg);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,14 @@ HOST=127.0.0.1
 SERVICES=(kafka redis postgres s3)
 KAFKA_PORT=19092
 KAFKA_CONTROLLER_PORT=19093
+# The shared broker's secured listeners (see docs/local-stack.md): SASL_SSL
+# with SCRAM-SHA-512/256 and PLAIN, and SSL that requires a client certificate.
+KAFKA_SASL_SSL_PORT=19094
+KAFKA_SSL_PORT=19095
+# The throw-away SASL user of every local broker; the same word protects the
+# client certificate's key. Local stack only: nothing it guards is secret.
+KAFKA_SASL_USER=weir
+KAFKA_SASL_PASSWORD=weir-secret
 REDIS_PORT=16379
 PG_PORT=15432
 S3_PORT=19000
@@ -91,31 +99,77 @@ ensure_java() {
   need_cmd java openjdk-17-jre-headless
 }
 
-_pom_sha() { sha256sum "$DEPLOY_LOCAL/kafka/pom.xml" | cut -d' ' -f1; }
+# Jar sets: NAME is kafka (the stack's 4.x broker and tools, from
+# deploy/local/kafka/pom.xml) or kafka3 (a 3.x broker for compatibility
+# tests, from deploy/local/kafka3/pom.xml); jars go to $STACK_DIR/NAME/libs.
+_pom_sha() { sha256sum "$DEPLOY_LOCAL/$1/pom.xml" | cut -d' ' -f1; }
 
-_kafka_libs_current() {
-  [[ -f "$KAFKA_LIBS/.pom.sha256" && "$(cat "$KAFKA_LIBS/.pom.sha256")" == "$(_pom_sha)" ]]
+_libs_current() {
+  local libs="$STACK_DIR/$1/libs"
+  [[ -f "$libs/.pom.sha256" && "$(cat "$libs/.pom.sha256")" == "$(_pom_sha "$1")" ]]
 }
 
-_fetch_kafka_libs() {
-  _kafka_libs_current && return 0
+_fetch_libs() {
+  local name=$1 libs="$STACK_DIR/$1/libs"
+  _libs_current "$name" && return 0
   need_cmd mvn maven
-  local build="$STACK_DIR/kafka/build" tmp="$KAFKA_LIBS.tmp"
-  say "fetching Kafka jars into $KAFKA_LIBS (mvn dependency:copy-dependencies)"
+  local build="$STACK_DIR/$name/build" tmp="$libs.tmp"
+  say "fetching $name jars into $libs (mvn dependency:copy-dependencies)"
   rm -rf "$build" "$tmp"
   mkdir -p "$build"
   # Build from a copy, so that Maven never writes into the repository.
-  cp "$DEPLOY_LOCAL/kafka/pom.xml" "$build/pom.xml"
+  cp "$DEPLOY_LOCAL/$name/pom.xml" "$build/pom.xml"
   quietly mvn -B -q -Dstyle.color=never -f "$build/pom.xml" \
     dependency:copy-dependencies -DoutputDirectory="$tmp"
-  _pom_sha >"$tmp/.pom.sha256"
-  rm -rf "$KAFKA_LIBS"
-  mv "$tmp" "$KAFKA_LIBS"
+  _pom_sha "$name" >"$tmp/.pom.sha256"
+  rm -rf "$libs"
+  mv "$tmp" "$libs"
 }
 
 ensure_kafka_libs() {
+  local name=${1:-kafka}
   ensure_java
-  _kafka_libs_current || with_lock kafka-libs _fetch_kafka_libs
+  _libs_current "$name" || with_lock "$name-libs" _fetch_libs "$name"
+}
+
+# Makes a throw-away CA and the certificates of a local broker in DIR unless
+# they are there already (idempotent; kept across restarts):
+#   ca.pem, ca.key          the CA (10 years), which clients trust
+#   broker.pem              the broker's PKCS#8 key + certificate for
+#                           127.0.0.1 / localhost, signed by the CA
+#   client.pem, client.key  a client certificate for mutual TLS; its key is
+#                           PKCS#8 encrypted with $KAFKA_SASL_PASSWORD
+# Written to a scratch dir and renamed, so an interrupted run is redone.
+ensure_kafka_tls() {
+  local dir=$1 tmp
+  [[ -s $dir/ca.pem && -s $dir/broker.pem && -s $dir/client.key ]] && return 0
+  need_cmd openssl openssl
+  tmp="$dir.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (
+    cd "$tmp"
+    quietly openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=weir-local-ca" \
+      -keyout ca.key -out ca.pem
+    quietly openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout broker.key -out broker.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >broker.ext
+    quietly openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -days 3650 -extfile broker.ext -out broker.crt
+    quietly openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.p8
+    cat broker.p8 broker.crt >broker.pem
+    quietly openssl req -newkey rsa:2048 -nodes -subj "/CN=weir-client" \
+      -keyout client.plain.key -out client.csr
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    quietly openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -days 3650 -extfile client.ext -out client.pem
+    quietly openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.plain.key -out client.key \
+      -passout "pass:$KAFKA_SASL_PASSWORD"
+    rm -f ./*.csr ./*.ext ./*.srl broker.key broker.p8 broker.crt client.plain.key
+    chmod 600 ca.key broker.pem client.key
+  )
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
 }
 
 _req_sha() { sha256sum "$DEPLOY_LOCAL/s3/requirements.txt" | cut -d' ' -f1; }

@@ -33,6 +33,7 @@ fn main() {
                 group: "bench".into(),
                 state: "Stable".into(),
                 protocol_type: "consumer".into(),
+                group_type: "classic".into(),
                 members: members.clone(),
             },
             partitions: (0..topics)

@@ -258,6 +258,7 @@ mod tests {
                 group: "g".into(),
                 state: "Stable".into(),
                 protocol_type: "consumer".into(),
+                group_type: "classic".into(),
                 members: vec![Member {
                     member_id: "m".into(),
                     client_id: "c".into(),

@@ -12,7 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod advice;
-pub mod assignment;
+mod describe;
 pub mod events;
 pub mod monitor;
 pub mod reader;

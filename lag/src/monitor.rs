@@ -51,6 +51,9 @@ pub struct GroupReport {
     pub group: String,
     /// Coordinator state (`Stable`, `Empty`, …).
     pub state: String,
+    /// Group protocol: `classic` or `consumer` (KIP-848); empty when Kafka
+    /// does not know the group.
+    pub protocol: String,
     /// Number of members.
     pub members: usize,
     /// Distinct topics among the partitions.
@@ -157,6 +160,7 @@ impl LagMonitor {
         GroupReport {
             group: group.clone(),
             state: snap.info.state.clone(),
+            protocol: snap.info.group_type.clone(),
             members: snap.info.members.len(),
             topics: topics.len(),
             total_lag: parts.iter().filter_map(|p| p.lag).sum(),
@@ -195,6 +199,7 @@ mod tests {
                 group: "g".into(),
                 state: if members { "Stable" } else { "Empty" }.into(),
                 protocol_type: "consumer".into(),
+                group_type: "classic".into(),
                 members: if members {
                     vec![Member {
                         member_id: "m-1".into(),

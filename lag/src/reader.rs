@@ -3,8 +3,10 @@
 //!
 //! Everything comes from Kafka's protocol APIs, never from parsing
 //! `__consumer_offsets`:
-//! - group state and members (with their assignments): `ListGroups` +
-//!   `DescribeGroups` (librdkafka's group list);
+//! - group state and members (with their assignments): `ListGroups` for
+//!   the names, then `DescribeConsumerGroups` (librdkafka's admin call: the
+//!   new protocol's `ConsumerGroupDescribe` for KIP-848 groups, classic
+//!   `DescribeGroups` for the others; see [`crate::describe`]);
 //! - committed offsets: `OffsetFetch`, through a consumer configured with the
 //!   group's id that never subscribes, so it never joins or disturbs the
 //!   group;
@@ -24,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use weir_core::KafkaConfig;
 
-use crate::assignment::decode_assignment;
+use crate::describe::describe_groups;
 
 /// Why a group could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum LagError {
     /// Kafka knows no such group (no members, no committed offsets).
     #[error("consumer group {0:?} does not exist")]
     GroupNotFound(String),
+    /// Describing groups failed (timeout, authorization, …).
+    #[error("{0}")]
+    Describe(String),
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> LagError {
@@ -67,8 +72,12 @@ pub struct GroupInfo {
     pub group: String,
     /// Coordinator state: `Stable`, `Empty`, `PreparingRebalance`, …
     pub state: String,
-    /// Embedded protocol type (`consumer` for Kafka consumers).
+    /// Embedded protocol type (`consumer` for Kafka consumers, empty for
+    /// a group that only has offsets committed by tools).
     pub protocol_type: String,
+    /// Group protocol: `classic`, or `consumer` for the new protocol of
+    /// KIP-848 (Kafka 4.0+); empty when the group does not exist.
+    pub group_type: String,
     /// Current members.
     pub members: Vec<Member>,
 }
@@ -150,43 +159,58 @@ impl LagReader {
         self.groups(None)
     }
 
+    /// Groups and their members. Names come from `ListGroups` (every group
+    /// of every protocol); states, members and assignments from
+    /// `DescribeConsumerGroups`, which reads groups of the new `consumer`
+    /// protocol (KIP-848) with their own describe API and classic groups
+    /// with `DescribeGroups` (see [`crate::describe`]).
     fn groups(&self, group: Option<&str>) -> Result<Vec<GroupInfo>, LagError> {
-        let list = self
-            .meta
-            .fetch_group_list(group, self.timeout)
-            .map_err(kafka("listing consumer groups"))?;
-        let mut out: Vec<GroupInfo> = list
-            .groups()
-            .iter()
-            .map(|g| GroupInfo {
-                group: g.name().to_string(),
-                state: g.state().to_string(),
-                protocol_type: g.protocol_type().to_string(),
-                members: g
-                    .members()
-                    .iter()
-                    .map(|m| Member {
-                        member_id: m.id().to_string(),
-                        client_id: m.client_id().to_string(),
-                        host: m.client_host().to_string(),
-                        assignment: if g.protocol_type() == "consumer" {
-                            m.assignment()
-                                .map(decode_assignment)
-                                .and_then(|r| {
-                                    r.map_err(|e| {
-                                        tracing::warn!(group = g.name(), member = m.id(), error = %e,
-                                            "cannot decode a member's assignment");
-                                    })
-                                    .ok()
-                                })
-                                .unwrap_or_default()
-                        } else {
-                            Vec::new()
-                        },
-                    })
-                    .collect(),
-            })
-            .collect();
+        let names: Vec<String> = match group {
+            Some(g) => vec![g.to_string()],
+            None => {
+                let list = self
+                    .meta
+                    .fetch_group_list(None, self.timeout)
+                    .map_err(kafka("listing consumer groups"))?;
+                let mut names: Vec<String> =
+                    list.groups().iter().map(|g| g.name().to_string()).collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        let described = describe_groups(self.meta.client(), &names, self.timeout)
+            .map_err(|e| LagError::Describe(e.to_string()))?;
+        let mut out = Vec::with_capacity(described.len());
+        for d in described {
+            let not_found = d.error.as_ref().is_some_and(|(code, _)| {
+                *code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND
+            });
+            if let Some((_, text)) = d.error.as_ref().filter(|_| !not_found) {
+                // One group that cannot be read (deleted meanwhile, its
+                // coordinator moving) must not hide all the others.
+                if group.is_none() {
+                    tracing::warn!(group = %d.group, error = %text, "cannot describe a group; left out");
+                    continue;
+                }
+                return Err(LagError::Describe(format!("group {}: {text}", d.group)));
+            }
+            out.push(GroupInfo {
+                state: if not_found { "Dead".into() } else { d.state },
+                protocol_type: if d.simple || not_found {
+                    String::new()
+                } else {
+                    "consumer".into()
+                },
+                group_type: if not_found {
+                    String::new()
+                } else {
+                    d.group_type
+                },
+                members: d.members,
+                group: d.group,
+            });
+        }
         out.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(out)
     }
@@ -219,6 +243,7 @@ impl LagReader {
                 group: group.to_string(),
                 state: "Dead".into(),
                 protocol_type: String::new(),
+                group_type: String::new(),
                 members: Vec::new(),
             });
         let t_group = t0.elapsed();

@@ -103,8 +103,7 @@ pub async fn run(
     args: &LagViewArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader =
-        Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
+    let reader = Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout)?);
     let mut monitor = LagMonitor::new(cfg.lag.window);
     let which = group.map_or(Which::All, |g| Which::One(g.to_string()));
     let tty = std::io::stdout().is_terminal();
@@ -175,8 +174,7 @@ pub async fn export(
     groups: &[String],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader =
-        Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
+    let reader = Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout)?);
     let redis = RedisHandle::new(&cfg.redis).context("redis.url")?;
     let keys = cfg.redis.keys();
     let which = if groups.is_empty() {
@@ -263,8 +261,7 @@ pub async fn advise(
     args: &LagAdviseArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader =
-        Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout).context("creating the Kafka client")?);
+    let reader = Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout)?);
     let snap = |reader: Arc<LagReader>, group: String| async move {
         tokio::task::spawn_blocking(move || reader.snapshot(&group))
             .await
@@ -353,8 +350,9 @@ fn table(rows: &[Vec<String>]) -> String {
 
 fn describe_text(r: &GroupReport) -> String {
     let mut out = format!(
-        "group {}  state {}  members {}  status {}  total lag {}  max lag {}  (window observed {:.0}s)\n",
+        "group {}  protocol {}  state {}  members {}  status {}  total lag {}  max lag {}  (window observed {:.0}s)\n",
         r.group,
+        if r.protocol.is_empty() { "-" } else { &r.protocol },
         r.state,
         r.members,
         r.status,

@@ -18,22 +18,24 @@ pub struct PrivateService {
     dir: PathBuf,
     /// Port it listens on.
     pub port: u16,
-    /// Kafka's controller port: a free port of its own (not `port + 1`,
-    /// which another process may hold), kept across restarts.
-    controller_port: u16,
+    /// Kafka only: its controller, SASL_SSL and SSL (client certificate
+    /// required) listeners' ports.
+    kafka_ports: Option<(u16, u16, u16)>,
     child: Option<Child>,
 }
 
 impl PrivateService {
-    /// Starts `kind` (`redis`, `postgres`, `kafka` or `s3`) on a free port
-    /// and waits until it answers.
+    /// Starts `kind` (`redis`, `postgres`, `kafka`, `kafka3` — a Kafka 3.x
+    /// broker — or `s3`) on a free port and waits until it answers.
     pub fn start(kind: &'static str) -> PrivateService {
         let dir = std::env::temp_dir().join(unique(&format!("weir-{kind}")));
         let mut s = PrivateService {
             kind,
             dir,
             port: free_port(),
-            controller_port: free_port(),
+            kafka_ports: kind
+                .starts_with("kafka")
+                .then(|| (free_port(), free_port(), free_port())),
             child: None,
         };
         s.restart();
@@ -45,9 +47,30 @@ impl PrivateService {
         match self.kind {
             "redis" => format!("redis://127.0.0.1:{}/", self.port),
             "postgres" => format!("postgres://weir:weir@127.0.0.1:{}/weir", self.port),
-            "kafka" => format!("127.0.0.1:{}", self.port),
+            "kafka" | "kafka3" => format!("127.0.0.1:{}", self.port),
             other => format!("{other}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// Kafka: `host:port` of the SASL_SSL listener (SCRAM-SHA-512,
+    /// SCRAM-SHA-256 and PLAIN; user `weir`, password `weir-secret`).
+    pub fn sasl_ssl_addr(&self) -> String {
+        let (_, sasl, _) = self.kafka_ports.expect("a Kafka instance");
+        format!("127.0.0.1:{sasl}")
+    }
+
+    /// Kafka: `host:port` of the SSL listener that requires a client
+    /// certificate signed by the instance's CA.
+    pub fn ssl_addr(&self) -> String {
+        let (_, _, ssl) = self.kafka_ports.expect("a Kafka instance");
+        format!("127.0.0.1:{ssl}")
+    }
+
+    /// Kafka: the instance's throw-away CA and certificates (`ca.pem`,
+    /// `client.pem`, `client.key` encrypted with `weir-secret`), made by
+    /// `deploy/local/serve` on first start.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
     }
 
     /// (Re)starts the service on the same port and data, waiting until it
@@ -63,17 +86,26 @@ impl PrivateService {
                 self.dir.display().to_string().replace('/', "_")
             )))
             .ok();
-        let mut cmd = Command::new(&script);
-        cmd.arg(self.kind)
+        let child = Command::new(&script)
+            .arg(self.kind)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--port")
-            .arg(self.port.to_string());
-        if self.kind == "kafka" {
-            cmd.arg("--controller-port")
-                .arg(self.controller_port.to_string());
-        }
-        let child = cmd
+            .arg(self.port.to_string())
+            .args(
+                self.kafka_ports
+                    .map(|(c, sasl, ssl)| {
+                        vec![
+                            "--controller-port".to_string(),
+                            c.to_string(),
+                            "--sasl-ssl-port".into(),
+                            sasl.to_string(),
+                            "--ssl-port".into(),
+                            ssl.to_string(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(
                 log.as_ref()
@@ -87,9 +119,17 @@ impl PrivateService {
         self.child = Some(child);
         let start = Instant::now();
         let addr = format!("127.0.0.1:{}", self.port);
+        // A broker's first start formats its storage and makes its
+        // certificates (two JVMs and openssl): on two busy cores that can
+        // take well over a minute.
+        let limit = Duration::from_secs(if self.kind.starts_with("kafka") {
+            150
+        } else {
+            60
+        });
         while !answers(&addr) {
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < limit,
                 "private {} did not start on {addr}",
                 self.kind
             );

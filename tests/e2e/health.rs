@@ -25,6 +25,44 @@ async fn total_reports(pool: &sqlx::PgPool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_to_center_end_to_end() {
     let world = TestWorld::create(3).await;
+    agent_to_center(&world).await;
+}
+
+/// The same pipeline against a Kafka 3.x broker (the last 3.x line, KRaft,
+/// from its jars: `deploy/local/serve kafka3`), as many clusters still run:
+/// the producer, both consumer-group members and the center, then the lag
+/// tools, which fall back to the classic describe API that 3.x speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_to_center_end_to_end_on_kafka_3() {
+    let shared = stack();
+    shared.require_redis().require_postgres();
+    let kafka = PrivateService::start("kafka3");
+    let world = TestWorld::builder()
+        .on(weir_testkit::Stack {
+            kafka: kafka.url(),
+            ..shared
+        })
+        .partitions(3)
+        .create()
+        .await;
+    agent_to_center(&world).await;
+    // The members left: the group is known, with what it committed.
+    let out = std::process::Command::new(weir())
+        .args(["lag", "describe", &world.group, "--json"])
+        .env("WEIR_KAFKA_BROKERS", kafka.url())
+        .output()
+        .expect("weir lag describe");
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{doc}");
+    assert_eq!(doc["protocol"], "classic", "{doc}");
+    assert_eq!(doc["total_lag"], 0, "{doc}");
+    assert_eq!(doc["uncommitted_partitions"], 0, "{doc}");
+}
+
+/// Agent → two health members → PostgreSQL, Redis → center API and live
+/// stream, on `world`'s services.
+async fn agent_to_center(world: &TestWorld) {
     let db = &world.db;
     let base = world.env();
     let node = unique("e2e-node");

@@ -283,3 +283,234 @@ async fn advise_measures_rates_and_applies_the_playbook() {
     );
     delete_groups(&st.kafka, &[&group]);
 }
+
+/// Kafka's `ConsumerGroupCommand --describe --members`: (consumer id, host,
+/// client id, partition count) of each member.
+fn kafka_members(brokers: &str, group: &str) -> BTreeMap<String, (String, String, usize)> {
+    let out = Command::new(repo_root().join("deploy/local/kafka-class"))
+        .args([
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--members",
+            "--group",
+            group,
+        ])
+        .output()
+        .expect("run Kafka's consumer-groups tool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Kafka's tool failed: {text}");
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 5 && f[0] == group)
+        .map(|f| {
+            (
+                f[1].to_string(),
+                (
+                    f[2].to_string(),
+                    f[3].to_string(),
+                    f[4].parse().expect("#partitions"),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The members as `weir lag describe --json` shows them on its partitions.
+fn weir_members(doc: &Value) -> BTreeMap<String, (String, String, usize)> {
+    let mut out: BTreeMap<String, (String, String, usize)> = BTreeMap::new();
+    for p in doc["partitions"].as_array().expect("partitions") {
+        if let Some(id) = p["member_id"].as_str() {
+            let e = out.entry(id.to_string()).or_insert_with(|| {
+                (
+                    p["host"].as_str().unwrap_or("-").to_string(),
+                    p["client_id"].as_str().unwrap_or("-").to_string(),
+                    0,
+                )
+            });
+            e.2 += 1;
+        }
+    }
+    out
+}
+
+/// A Java console consumer (the real Java client) in `group` on `topic`,
+/// committing every 200 ms.
+fn java_consumer(brokers: &str, topic: &str, group: &str, protocol: &str) -> std::process::Child {
+    Command::new(repo_root().join("deploy/local/kafka-class"))
+        .args([
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+            "--bootstrap-server",
+            brokers,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--from-beginning",
+        ])
+        .args(["--command-property", &format!("group.protocol={protocol}")])
+        .args([
+            "--command-property",
+            &format!("client.id={protocol}-member"),
+        ])
+        .args(["--command-property", "auto.commit.interval.ms=200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the Java console consumer")
+}
+
+/// A group of the new protocol (KIP-848) and a classic group side by side,
+/// both of Java consumers: `weir lag describe` equals Kafka's tool for both,
+/// members included, and neither looks Dead or stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_both_protocols_match_kafkas_tool() {
+    let st = stack();
+    st.require_kafka();
+    let topics = TestTopics::create(&st, 3).await;
+    let (h, a) = (topics.health.clone(), topics.access.clone());
+    for p in 0..3 {
+        produce(&st.kafka, &h, p, 5 + p as usize).await;
+        produce(&st.kafka, &a, p, 3 + p as usize).await;
+    }
+    let (new_group, classic_group) = (unique("kip848"), unique("classic"));
+    let mut java = [
+        java_consumer(&st.kafka, &h, &new_group, "consumer"),
+        java_consumer(&st.kafka, &a, &classic_group, "classic"),
+    ];
+    // Both groups caught up (every partition committed, lag 0, owned).
+    for g in [&new_group, &classic_group] {
+        let start = std::time::Instant::now();
+        loop {
+            let rows = kafka_tool(&st.kafka, g);
+            let settled = rows.len() == 3 && rows.values().all(|r| r.2 == Some(0) && r.3.is_some());
+            if settled {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "group {g} never caught up: {rows:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+    for (g, protocol) in [(&new_group, "consumer"), (&classic_group, "classic")] {
+        let theirs = kafka_tool(&st.kafka, g);
+        let (ours, doc, code) = weir_lag(&st.kafka, g);
+        assert_eq!(ours, theirs, "{protocol} group: weir vs Kafka's tool");
+        assert_eq!(
+            weir_members(&doc),
+            kafka_members(&st.kafka, g),
+            "{protocol} members"
+        );
+        assert_eq!(doc["protocol"], protocol, "{doc}");
+        assert_eq!(doc["state"], "Stable", "{doc}");
+        assert_eq!(doc["members"], 1, "{doc}");
+        assert_eq!(doc["status"], "ok", "{doc}");
+        assert_eq!(code, 0);
+    }
+    // `weir lag list` sees both as they are.
+    let out = Command::new(weir())
+        .args(["lag", "list", "--json"])
+        .env("WEIR_KAFKA_BROKERS", &st.kafka)
+        .output()
+        .expect("run weir lag list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let docs = list["groups"].as_array().expect("groups").clone();
+    for (g, protocol) in [(&new_group, "consumer"), (&classic_group, "classic")] {
+        let d = docs
+            .iter()
+            .find(|d| d["group"] == g.as_str())
+            .unwrap_or_else(|| panic!("{g} not listed: {text}"));
+        assert_eq!(
+            (d["protocol"].as_str(), d["members"].as_u64()),
+            (Some(protocol), Some(1)),
+            "{d}"
+        );
+        assert_ne!(d["status"], "stopped", "{d}");
+    }
+    for c in &mut java {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    delete_groups(&st.kafka, &[&new_group, &classic_group]);
+}
+
+/// Weir's own group on the new protocol (`consumer.group_protocol =
+/// "consumer"`): two health members share the partitions, every report is
+/// applied exactly once, and the lag tools read the group as Kafka's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weirs_own_group_on_the_consumer_protocol() {
+    use std::time::Duration;
+    use weir_producers::{EventProducer, KafkaConfig};
+    use weir_schemas::HealthEvent;
+    use weir_testkit::{eventually, Proc, TestWorld};
+
+    let world = TestWorld::create(4).await;
+    let env = world.env_with(&[("WEIR_CONSUMER_GROUP_PROTOCOL", "consumer")]);
+    let mut members = [
+        Proc::spawn("member-a", weir(), &["consume", "health"], &env),
+        Proc::spawn("member-b", weir(), &["consume", "health"], &env),
+    ];
+    let (nodes, per_node) = (8u64, 150u64);
+    let p = EventProducer::new(
+        &KafkaConfig {
+            brokers: world.stack.kafka.clone(),
+            ..KafkaConfig::default()
+        },
+        "test",
+    )
+    .expect("producer");
+    let mut pending = Vec::new();
+    for seq in 1..=per_node {
+        for n in 0..nodes {
+            let ev = HealthEvent::example(&format!("kip848-node-{n}"), seq, chrono::Utc::now());
+            pending.push(p.enqueue(&world.topics.health, &ev).expect("queued"));
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered");
+    }
+    let pool = world.db.pool().await;
+    let total = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>("SELECT sum(reports)::bigint FROM servers")
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        }
+    };
+    let want = (nodes * per_node) as i64;
+    eventually(Duration::from_secs(60), "every report applied", || async {
+        (total().await == want).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(total().await, want, "each report exactly once");
+
+    // Both members own partitions of a Stable `consumer` group, as Kafka's
+    // tool says (members and owners; offsets move with the async commits,
+    // so they are compared once the group has caught up).
+    let (brokers, group) = (world.stack.kafka.clone(), world.group.clone());
+    let doc = eventually(Duration::from_secs(30), "group caught up", || {
+        let (brokers, group) = (brokers.clone(), group.clone());
+        async move {
+            let (ours, doc, _) = weir_lag(&brokers, &group);
+            let theirs = kafka_tool(&brokers, &group);
+            (doc["members"] == 2 && doc["total_lag"] == 0 && ours == theirs).then_some(doc)
+        }
+    })
+    .await;
+    assert_eq!(doc["protocol"], "consumer", "{doc}");
+    assert_eq!(doc["state"], "Stable", "{doc}");
+    assert_eq!(weir_members(&doc), kafka_members(&brokers, &group));
+    for m in &mut members {
+        let st = m.terminate(Duration::from_secs(30)).expect("member stops");
+        assert!(st.success(), "{}:\n{}", m.name, m.output());
+    }
+}

@@ -4,12 +4,14 @@
 //!
 //! Each module is one concern, as the files were before:
 //!   access           the access group: exact rollups, dead letters, rebalance, backlog, chaos
+//!   codecs           every compression codec from the Java client, kcat and Weir, consumed exactly
 //!   health           agent → consumers → center, SIGKILL of a member, bad flags, Redis down
 //!   edge             `weir edge` as a process: large objects, Kafka gone
 //!   edge_limiter     the closed loop wired in the edge
 //!   lag              `weir lag describe/advise` against Kafka's own tool
 //!   lag_export       `weir lag export` to Redis and /metrics
 //!   lag_closed_loop  the limiter settles the lag
+//!   security         every role over SASL_SSL and mutual TLS (a private broker); refusals name the setting
 //!   topics_scale     `weir topics scale`
 //!   deploy_files     deploy/ files checked against the binary
 //!   hostile          hostile input and faults from the outside (issue 9)
@@ -20,6 +22,7 @@
 //! own ports and disk tier.
 
 mod access;
+mod codecs;
 mod deploy_files;
 mod edge;
 mod edge_limiter;
@@ -29,6 +32,7 @@ mod ingest;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
+mod security;
 mod topics_scale;
 
 use std::ffi::OsStr;

@@ -39,6 +39,15 @@ pub struct ConsumerConfig {
     /// (with the original size in a header) so that the dead-letter topic
     /// can always take them.
     pub dlq_max_payload: usize,
+    /// Kafka's group protocol for Weir's own groups: `classic` (default) or
+    /// `consumer`, the protocol of KIP-848, where the broker assigns
+    /// partitions and a rebalance no longer pauses the whole group.
+    /// `classic` stays the default because it works with every broker Weir
+    /// supports (3.x included; `consumer` needs Kafka 4.0+) and with Kafka's
+    /// own tools of those versions; with `consumer`, the broker's
+    /// `group.consumer.session.timeout.ms` replaces `consumer.session_timeout`.
+    /// The exactly-once fence does not depend on it (docs/delivery.md).
+    pub group_protocol: String,
 }
 
 impl Default for ConsumerConfig {
@@ -52,6 +61,7 @@ impl Default for ConsumerConfig {
             retry_backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
             dlq_max_payload: 256 * 1024,
+            group_protocol: "classic".into(),
         }
     }
 }
@@ -69,6 +79,12 @@ impl ConsumerConfig {
 
 impl Validate for ConsumerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.group_protocol.as_str(), "classic" | "consumer") {
+            return Err(ConfigError::new(
+                "consumer.group_protocol",
+                format!("{:?} is not classic or consumer", self.group_protocol),
+            ));
+        }
         if !(1..=1_000_000).contains(&self.batch_max_records) {
             return Err(ConfigError::new(
                 "consumer.batch_max_records",

@@ -209,19 +209,26 @@ impl<A: Aggregator> GroupRuntime<A> {
         c.set("group.id", self.group())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                self.cfg.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (self.cfg.session_timeout.as_millis() / 4)
-                    .max(100)
-                    .to_string(),
-            )
-            .set("fetch.wait.max.ms", "100")
+            .set("auto.offset.reset", "earliest");
+        if self.cfg.group_protocol == "consumer" {
+            // KIP-848: the broker assigns (incrementally, as cooperative-sticky
+            // does) and owns the session timeout; librdkafka refuses the
+            // classic protocol's settings with it.
+            c.set("group.protocol", "consumer");
+        } else {
+            c.set("partition.assignment.strategy", "cooperative-sticky")
+                .set(
+                    "session.timeout.ms",
+                    self.cfg.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    (self.cfg.session_timeout.as_millis() / 4)
+                        .max(100)
+                        .to_string(),
+                );
+        }
+        c.set("fetch.wait.max.ms", "100")
             // librdkafka waits a whole second (its default) before fetching
             // again once its local queue is full; a member that drains that
             // queue in milliseconds then sits idle. 20 ms nearly doubled a
