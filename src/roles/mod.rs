@@ -4,6 +4,7 @@
 //! role.
 
 mod agent;
+pub mod balance;
 mod center;
 mod consume;
 pub mod dlq;
@@ -134,6 +135,10 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Lag(LagCommand::Export(e)) => lag::export(&cfg, &e.groups, shutdown).await,
         Command::Lag(LagCommand::Advise(a)) => lag::advise(&cfg, &a, shutdown).await,
+        Command::Balance(_) => {
+            let (client, admin) = balance::bind(&cfg).await?;
+            balance::run(&cfg, client, admin, Some(handle), shutdown).await
+        }
         Command::Edge(_) => {
             let (client, admin) = edge::bind(&cfg).await?;
             edge::run(&cfg, client, admin, Some(handle), shutdown).await
