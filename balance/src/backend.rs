@@ -61,6 +61,8 @@ struct Slow {
     why: String,
     /// What passive health last said (ejection, refusal to eject).
     health: String,
+    /// Time of the node's last report seen (fleet backends).
+    last_report: Option<chrono::DateTime<chrono::Utc>>,
     /// Ejections so far (each doubles the next one's length).
     ejections: u32,
     /// When the last ejection started.
@@ -183,6 +185,7 @@ impl Backend {
                 member: true,
                 why: "joined".into(),
                 health: String::new(),
+                last_report: None,
                 ejections: 0,
                 last_ejected: None,
                 ewma_ns: DEFAULT_RTT.as_nanos() as f64,
@@ -264,6 +267,16 @@ impl Backend {
         };
         self.metrics.state(state);
         self.metrics.weight(f64::from(weight) * s.headroom);
+    }
+
+    /// Notes the time of the node's latest report.
+    pub fn reported(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.slow().last_report = Some(at);
+    }
+
+    /// The time of the node's latest report seen, if a fleet node.
+    pub fn last_report(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.slow().last_report
     }
 
     /// Whether passive health has it ejected at `now`.

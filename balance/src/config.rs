@@ -353,6 +353,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn static_backend_parsing_never_panics_and_keeps_what_it_accepts(entry in "\\PC{0,40}") {
+            if let Ok(b) = parse_static(&entry) {
+                proptest::prop_assert!(entry.starts_with("http://"));
+                proptest::prop_assert!(b.weight <= 1000);
+                proptest::prop_assert!(!b.authority.is_empty() && !b.authority.contains(char::is_whitespace));
+                let again = parse_static(&format!("http://{} weight={}", b.authority, b.weight));
+                proptest::prop_assert_eq!(again, Ok(b));
+            }
+        }
+
+        #[test]
+        fn generated_backends_parse(host in "[a-z][a-z0-9-]{0,20}", port in 1u16.., weight in 0u32..=1000) {
+            let b = parse_static(&format!("http://{host}:{port}/ignored weight={weight}"));
+            proptest::prop_assert_eq!(b, Ok(StaticBackend { authority: format!("{host}:{port}"), weight }));
+        }
+    }
+
     #[test]
     fn errors_name_the_key() {
         let mut c = BalanceConfig::default();

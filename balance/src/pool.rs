@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use weir_core::InternalEvent;
 
 use crate::algorithm::{client_hash, Algorithm, NoBackend, Picker};
@@ -229,8 +230,15 @@ impl Pool {
     /// changed; load reports only move `dynamic` weights.
     pub fn update(&self, fleet: &FleetView) {
         let s = &self.settings;
-        // address → (source, weight, load, why)
-        let mut wanted: Vec<(String, Source, u32, Option<Load>, String)> = s
+        // address → (source, weight, load, why, last report)
+        let mut wanted: Vec<(
+            String,
+            Source,
+            u32,
+            Option<Load>,
+            String,
+            Option<DateTime<Utc>>,
+        )> = s
             .statics
             .iter()
             .map(|b| {
@@ -240,6 +248,7 @@ impl Pool {
                     b.weight,
                     None,
                     "static backend".to_string(),
+                    None,
                 )
             })
             .collect();
@@ -277,6 +286,7 @@ impl Pool {
                     1,
                     Some(n.load),
                     why,
+                    Some(n.last_seen),
                 ));
             }
         }
@@ -285,7 +295,7 @@ impl Pool {
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.membership();
         let mut members = Vec::with_capacity(wanted.len());
-        for (authority, source, weight, load, why) in wanted {
+        for (authority, source, weight, load, why, seen) in wanted {
             let b = registry
                 .entry(authority.clone())
                 .or_insert_with(|| {
@@ -293,15 +303,22 @@ impl Pool {
                 })
                 .clone();
             b.set_membership(true, source, weight, load, &why);
+            if let Some(t) = seen {
+                b.reported(t);
+            }
             members.push(b);
         }
         let mut left = Vec::new();
         for b in registry.values() {
             if !members.iter().any(|m| Arc::ptr_eq(m, b)) && b.is_member() {
                 let why = match b.source() {
-                    Source::Fleet { node_id } => {
-                        format!("node {node_id}: no report within its expiry, or no longer http://")
-                    }
+                    Source::Fleet { node_id } => match b.last_report() {
+                        Some(t) => format!(
+                            "node {node_id}: last report {}, expired (or its endpoint is no longer http://)",
+                            t.to_rfc3339()
+                        ),
+                        None => format!("node {node_id}: not up in the fleet state"),
+                    },
                     Source::Static => "removed".into(),
                 };
                 b.set_membership(false, b.source(), b.weight(), None, &why);

@@ -1,8 +1,9 @@
 //! The client listener and the admin server.
 //!
 //! The listener is opened with `SO_REUSEPORT` (`balance.reuse_port`), so a
-//! new `weir balance` can bind the same port while the old one still runs:
-//! once the new one listens, the old one is sent SIGTERM, stops accepting,
+//! new `weir balance` can bind the same port while the old one still runs
+//! (and new connections go to the new one, see [`bind`]): once the new one
+//! listens, the old one is sent SIGTERM, stops accepting,
 //! takes what is already queued on its socket, and drains its in-flight
 //! requests within `balance.drain_timeout`. Keep-alive connections are
 //! closed after their current response.
@@ -49,7 +50,41 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     #[cfg(unix)]
     sock.set_reuseport(reuse_port)?;
     sock.bind(addr)?;
-    sock.listen(4096)
+    let listener = sock.listen(4096)?;
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        steer_to_newest(&listener)?;
+    }
+    Ok(listener)
+}
+
+/// Makes the kernel hand new connections on this port to the socket that
+/// joined the `SO_REUSEPORT` group second, i.e. the newer process during a
+/// takeover, rather than spreading them by hash: from the moment the new
+/// process listens, the old one's accept queue only drains, so closing it
+/// resets no connection. (A classic BPF program on the group returning
+/// index 1; with a single socket the index is out of range and the kernel
+/// falls back to its hash, i.e. to that socket. When the old socket
+/// closes, the new one moves to index 0 and has the group to itself.)
+#[cfg(target_os = "linux")]
+fn steer_to_newest(listener: &TcpListener) -> std::io::Result<()> {
+    // BPF_RET | BPF_K: return the constant 1.
+    let mut program = [nix::libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let fprog = nix::libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    nix::sys::socket::setsockopt(
+        listener,
+        nix::sys::socket::sockopt::AttachReusePortCbpf,
+        &fprog,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Serves clients on `listener` until `shutdown`, then drains.

@@ -29,10 +29,12 @@ fn main() {
             .await
             .unwrap_or_else(|e| panic!("bind {}: {e}", args[2]));
         let _origin = Origin::on(&args[1], l, state.clone());
-        let mut slow = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-            .expect("SIGUSR1");
-        let mut fast = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
-            .expect("SIGUSR2");
+        let mut slow =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .expect("SIGUSR1");
+        let mut fast =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                .expect("SIGUSR2");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM");
         loop {

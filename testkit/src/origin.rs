@@ -5,6 +5,7 @@
 //! same port.
 //!
 //! - `GET /headers` answers the request's headers as JSON;
+//! - `GET /__served` answers how many requests it served (not counted);
 //! - a request with `Connection: upgrade` is answered `101` and the bytes
 //!   then sent are echoed back.
 
@@ -151,6 +152,10 @@ async fn answer(
     state: Arc<OriginState>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/__served" {
+        let n = state.served.load(Ordering::Relaxed);
+        return Ok(Response::new(Full::new(Bytes::from(format!("{n}\n")))));
+    }
     let delay = state.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
