@@ -81,19 +81,31 @@ pub struct FleetView {
 impl FleetView {
     /// Applies one report: a newer one replaces the node's; a report
     /// already past its expiry (a backlog replayed) does not make the node
-    /// up. Returns whether the view changed.
-    pub fn apply(&mut self, h: &HealthEvent, now: DateTime<Utc>) -> bool {
+    /// up. Returns what changed.
+    pub fn apply(&mut self, h: &HealthEvent, now: DateTime<Utc>) -> Applied {
         let node = FleetNode::from_report(h);
-        if let Some(cur) = self.nodes.get(&node.node_id) {
-            if cur.last_seen > node.last_seen {
-                return false;
-            }
+        let cur = self.nodes.get(&node.node_id);
+        if cur.is_some_and(|c| c.last_seen > node.last_seen) {
+            return Applied::Nothing;
         }
         if node.expires <= now {
-            return self.nodes.remove(&node.node_id).is_some();
+            return match self.nodes.remove(&node.node_id) {
+                Some(_) => Applied::Membership,
+                None => Applied::Nothing,
+            };
         }
+        let kind = match cur {
+            Some(c)
+                if c.endpoint == node.endpoint
+                    && c.service == node.service
+                    && c.cdn_type == node.cdn_type =>
+            {
+                Applied::Report
+            }
+            _ => Applied::Membership,
+        };
         self.nodes.insert(node.node_id.clone(), node);
-        true
+        kind
     }
 
     /// Removes the nodes whose expiry has passed; their ids.
@@ -109,6 +121,18 @@ impl FleetView {
         }
         gone
     }
+}
+
+/// What a report changed in the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing (an older report).
+    Nothing,
+    /// A node's load and time only: pools learn it within one sweep.
+    Report,
+    /// A node came up, went down, or changed its endpoint, service or role:
+    /// pools learn it at once.
+    Membership,
 }
 
 /// Reads every node that is up: the index of nodes, then their live keys
@@ -237,6 +261,7 @@ pub async fn follow(
         }
         let mut messages = pubsub.into_on_message();
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut reports_pending = false;
         let mut resync_tick = tokio::time::interval(resync);
         resync_tick.reset();
         loop {
@@ -246,6 +271,12 @@ pub async fn follow(
                     let gone = view.expire(Utc::now());
                     if !gone.is_empty() {
                         debug!(nodes = ?gone, "nodes expired");
+                    }
+                    if !gone.is_empty() || reports_pending {
+                        // Reports that only moved loads are passed on here,
+                        // at most once a sweep, not once a report: a large
+                        // fleet reports thousands of times a second.
+                        reports_pending = false;
                         publish(&view);
                     }
                 }
@@ -274,11 +305,14 @@ pub async fn follow(
                         break;
                     };
                     match serde_json::from_slice::<HealthEvent>(msg.get_payload_bytes()) {
-                        Ok(h) => {
-                            if view.apply(&h, Utc::now()) {
+                        Ok(h) => match view.apply(&h, Utc::now()) {
+                            Applied::Membership => {
+                                reports_pending = false;
                                 publish(&view);
                             }
-                        }
+                            Applied::Report => reports_pending = true,
+                            Applied::Nothing => {}
+                        },
                         Err(e) => warn!(error = %e, "unreadable change on the health channel"),
                     }
                 }
@@ -299,18 +333,21 @@ mod tests {
     fn reports_apply_in_time_order_and_expire() {
         let mut v = FleetView::default();
         let mut h = HealthEvent::example("n1", 2, at(10));
-        assert!(v.apply(&h, at(10)));
+        assert_eq!(v.apply(&h, at(10)), Applied::Membership);
+        let newer = HealthEvent::example("n1", 3, at(11));
+        assert_eq!(v.apply(&newer, at(11)), Applied::Report);
+        h = newer;
         // An older report does not roll the node back.
         let mut old = HealthEvent::example("n1", 1, at(9));
         old.endpoint = "http://old:1".into();
-        assert!(!v.apply(&old, at(10)));
+        assert_eq!(v.apply(&old, at(10)), Applied::Nothing);
         assert_eq!(v.nodes["n1"].endpoint, h.endpoint);
         // Interval 1 s: down 3 s after the last report.
-        assert!(v.expire(at(12)).is_empty());
-        assert_eq!(v.expire(at(13)), vec!["n1".to_string()]);
+        assert!(v.expire(at(13)).is_empty());
+        assert_eq!(v.expire(at(14)), vec!["n1".to_string()]);
         // A replayed report already past its expiry does not bring it back.
         h.ts = at(5);
-        assert!(!v.apply(&h, at(13)));
+        assert_eq!(v.apply(&h, at(14)), Applied::Nothing);
         assert!(v.nodes.is_empty());
     }
 }
