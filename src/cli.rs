@@ -41,6 +41,9 @@ pub enum Command {
     /// Take health reports over HTTP (for agents that cannot reach Kafka)
     /// and produce them to the health topic.
     Ingest(IngestArgs),
+    /// Balance HTTP requests across the fleet's up nodes (and static
+    /// backends), with passive health and retries.
+    Balance(BalanceArgs),
     /// Manage Weir's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -221,6 +224,17 @@ pub struct IngestArgs {
     pub addr: Option<String>,
 }
 
+/// `weir balance`.
+#[derive(Debug, Args)]
+pub struct BalanceArgs {
+    /// Client listen address (overrides balance.addr).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// Algorithm of the default pool (overrides balance.algorithm).
+    #[arg(long, value_name = "NAME")]
+    pub algorithm: Option<String>,
+}
+
 /// `weir topics …`.
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -334,6 +348,7 @@ impl Cli {
             Command::Center(a) => a.apply(cfg),
             Command::Edge(a) => a.apply(cfg),
             Command::Ingest(a) => a.apply(cfg),
+            Command::Balance(a) => a.apply(cfg),
             Command::Lag(LagCommand::List(v)) => v.apply(cfg),
             Command::Lag(LagCommand::Describe(d)) => d.view.apply(cfg),
             Command::Lag(LagCommand::Export(e)) => e.apply(cfg),
@@ -402,6 +417,17 @@ impl EdgeArgs {
         }
         if let Some(addr) = &self.admin_addr {
             cfg.edge.admin_addr = addr.clone();
+        }
+    }
+}
+
+impl BalanceArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(addr) = &self.addr {
+            cfg.balance.addr = addr.clone();
+        }
+        if let Some(a) = &self.algorithm {
+            cfg.balance.algorithm = a.clone();
         }
     }
 }

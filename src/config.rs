@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use weir_balance::BalanceConfig;
 use weir_center::CenterConfig;
 use weir_consumers::ConsumerConfig;
 use weir_core::{DatabaseConfig, RedisConfig, Validate};
@@ -205,6 +206,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// HTTP ingest gateway for health reports.
     pub ingest: IngestConfig,
+    /// Load balancer.
+    pub balance: BalanceConfig,
     /// Metrics server.
     pub metrics: MetricsConfig,
     /// Logging.
@@ -287,6 +290,7 @@ impl Config {
         self.metrics.validate()?;
         self.validate_edge()?;
         self.ingest.validate()?;
+        self.balance.validate()?;
         self.log.validate()?;
         self.up.validate()?;
         self.lag.validate()?;
@@ -656,6 +660,22 @@ mod tests {
                 None,
                 vec![("WEIR_EDGE_FRESH_FOR", "soon")],
                 "edge.fresh_for",
+            ),
+            (
+                None,
+                vec![("WEIR_BALANCE_ALGORITHM", "fastest")],
+                "balance.algorithm",
+            ),
+            (None, vec![("WEIR_BALANCE_ADDR", "nowhere")], "balance.addr"),
+            (
+                Some("[balance.pools.api]\nbackends = [\"ftp://x\"]\n"),
+                vec![],
+                "balance.pools.api.backends",
+            ),
+            (
+                Some("[[balance.routes]]\nprefix = \"/api\"\npool = \"missing\"\n"),
+                vec![],
+                "balance.routes[0].pool",
             ),
         ];
         for (file, vars, key) in cases {

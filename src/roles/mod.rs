@@ -4,6 +4,7 @@
 //! role.
 
 mod agent;
+pub mod balance;
 mod center;
 mod consume;
 pub mod dlq;
@@ -138,6 +139,10 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Ingest(_) => {
             let listener = ingest::bind(&cfg).await?;
             ingest::run(&cfg, listener, Some(handle), shutdown).await
+        }
+        Command::Balance(_) => {
+            let (client, admin) = balance::bind(&cfg).await?;
+            balance::run(&cfg, client, admin, Some(handle), shutdown).await
         }
         Command::Edge(_) => {
             let (client, admin) = edge::bind(&cfg).await?;

@@ -161,3 +161,76 @@ fn dashboard_plots_only_metrics_the_code_emits() {
         }
     }
 }
+
+#[test]
+fn systemd_units_run_every_role_with_commands_weir_accepts() {
+    let dir = root().join("deploy/systemd");
+    let mut commands = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/systemd") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read unit");
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        for section in ["[Unit]", "[Service]", "[Install]"] {
+            assert!(text.contains(section), "{name}: no {section}");
+        }
+        assert!(
+            text.contains("Restart=on-failure"),
+            "{name}: restarts on failure"
+        );
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/weir "))
+            .unwrap_or_else(|| panic!("{name}: ExecStart runs /usr/local/bin/weir"));
+        // A template's instance is the consumer's role.
+        let args: Vec<String> = exec
+            .split_whitespace()
+            .map(|a| a.replace("%i", "health"))
+            .collect();
+        let mut help: Vec<&str> = args.iter().map(String::as_str).collect();
+        help.push("--help");
+        let out = std::process::Command::new(crate::weir())
+            .args(&help)
+            .output()
+            .expect("run weir --help");
+        assert!(
+            out.status.success(),
+            "{name}: `weir {exec}` is not a command: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for l in text.lines() {
+            if let Some((k, v)) = l
+                .strip_prefix("Environment=")
+                .and_then(|e| e.split_once('='))
+            {
+                if k.starts_with("WEIR_") && k != "WEIR_CONFIG" {
+                    accepts(
+                        &[],
+                        &[(k.to_string(), v.to_string())],
+                        &format!("{name} {k}"),
+                    );
+                }
+            }
+        }
+        commands.push(args.first().cloned().unwrap_or_default());
+    }
+    commands.sort();
+    // Every long-running role has its unit.
+    for role in ["agent", "balance", "center", "consume", "edge", "lag"] {
+        assert!(
+            commands.iter().any(|c| c == role),
+            "no unit runs `weir {role}`: {commands:?}"
+        );
+    }
+    let install = read("deploy/systemd/install");
+    assert!(
+        install.starts_with("#!/usr/bin/env bash"),
+        "install is a script"
+    );
+}

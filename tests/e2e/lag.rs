@@ -9,7 +9,7 @@ use serde_json::Value;
 use weir_testkit::groups::{delete_groups, produce, GroupMember};
 use weir_testkit::{repo_root, stack, unique, TestTopics};
 
-use crate::weir_output;
+use crate::{weir, weir_output};
 
 /// One row, as both tools report it: committed, end, lag, member, host,
 /// client id (`None` where a tool prints "-").

@@ -3,6 +3,7 @@
 //! `RUST_TEST_THREADS`, each in a `TestWorld` of its own).
 //!
 //! Each module is one concern, as the files were before:
+//!   balance          `weir balance`: fleet-fed pools, passive health, proxying, takeover
 //!   access           the access group: exact rollups, dead letters, rebalance, backlog, chaos
 //!   codecs           every compression codec from the Java client, kcat and Weir, consumed exactly
 //!   health           agent → consumers → center, SIGKILL of a member, bad flags, Redis down
@@ -22,6 +23,7 @@
 //! own ports and disk tier.
 
 mod access;
+mod balance;
 mod codecs;
 mod deploy_files;
 mod edge;
@@ -265,5 +267,119 @@ impl Drop for Edge {
     fn drop(&mut self) {
         self.proc.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `weir balance` with its own client and admin ports (and
+/// config file, removed on drop).
+pub struct Balance {
+    /// Client traffic.
+    pub addr: SocketAddr,
+    /// Admin: `/pools`, `/metrics`, `/readyz`.
+    pub admin: SocketAddr,
+    /// The process.
+    pub proc: Proc,
+    config: Option<PathBuf>,
+}
+
+impl Balance {
+    /// Spawns `weir balance` with `env`, the TOML `config` (if any), its
+    /// own ports (metrics on the admin port), and waits until `/readyz`.
+    pub async fn start(env: &[(String, String)], config: Option<&str>) -> Balance {
+        Self::start_on(free_addr(), env, config).await
+    }
+
+    /// [`Balance::start`] on a given client address (a port takeover).
+    pub async fn start_on(
+        addr: SocketAddr,
+        env: &[(String, String)],
+        config: Option<&str>,
+    ) -> Balance {
+        let admin = free_addr();
+        let file = config.map(|text| {
+            let f = std::env::temp_dir().join(format!("{}.toml", unique("weir-balance")));
+            std::fs::write(&f, text).expect("write balance config");
+            f
+        });
+        let mut env = env.to_vec();
+        env.extend(
+            [
+                ("WEIR_BALANCE_ADDR", addr.to_string()),
+                ("WEIR_BALANCE_ADMIN_ADDR", admin.to_string()),
+                ("WEIR_METRICS_ADDR", String::new()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        let mut args = Vec::new();
+        if let Some(f) = &file {
+            args.extend(["--config".to_string(), f.display().to_string()]);
+        }
+        args.push("balance".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = Proc::spawn("balance", weir(), &args, &env);
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "balance ready", || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://{admin}/readyz"))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Balance {
+            addr,
+            admin,
+            proc,
+            config: file,
+        }
+    }
+
+    /// `/pools` of the admin API.
+    pub async fn pools(&self) -> Value {
+        get_json(&format!("http://{}/pools", self.admin))
+            .await
+            .expect("/pools answers JSON")
+            .1
+    }
+
+    /// One pool's backends as `(backend, state, why)`.
+    pub async fn backends(&self, pool: &str) -> Vec<(String, String, String)> {
+        let v = self.pools().await;
+        v["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["pool"] == pool)
+            .flat_map(|p| p["backends"].as_array().cloned().unwrap_or_default())
+            .map(|b| {
+                (
+                    b["backend"].as_str().unwrap_or_default().to_string(),
+                    b["state"].as_str().unwrap_or_default().to_string(),
+                    b["why"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+impl Drop for Balance {
+    fn drop(&mut self) {
+        self.proc.kill9();
+        if let Some(f) = &self.config {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
