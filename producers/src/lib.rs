@@ -16,5 +16,5 @@ pub mod signal;
 pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
 pub use limiter::{Decision, LagLimiter, LimiterConfig};
 pub use producer::{Delivery, EventProducer, Offer, PendingDelivery, ProduceError};
-pub use signal::follow_signal;
+pub use signal::{follow_signal, follow_signal_reporting};
 pub use weir_core::KafkaConfig;

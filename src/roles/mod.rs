@@ -6,6 +6,7 @@
 mod agent;
 mod center;
 mod consume;
+pub mod demo;
 pub mod dlq;
 pub mod edge;
 pub mod gen;

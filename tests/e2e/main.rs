@@ -18,6 +18,7 @@
 //! to completion, and an edge process with its own ports and disk tier.
 
 mod access;
+mod dashboard;
 mod deploy_files;
 mod edge;
 mod edge_limiter;
