@@ -50,8 +50,8 @@
   // Status follows the clock between deltas too, as the center computes it.
   const statusOf = (n) => {
     const age = Date.now() - n.last_ms, iv = Math.max(1, n.interval_ms);
-    if (n.status === "down") return "down";
-    if (age > 3 * iv + 1000) return "down";
+    if (n.status === "down" || age > 3 * iv) return "down";
+    if (age > 2 * iv) return "stale";
     return n.status;
   };
 
@@ -216,8 +216,8 @@
     } else {
       connect(null);
     }
-    // "3s ago" and up → down follow the clock without a delta.
-    setInterval(schedule, 1000);
+    // "3s ago" and up → stale → down follow the clock without a delta.
+    setInterval(schedule, 500);
   }
 
   window.weirDashboard = {

@@ -33,3 +33,19 @@ impl InternalEvent for DashboardDeltaSent {
         metrics::counter!("weir_center_dashboard_delta_bytes_total").increment(self.bytes as u64);
     }
 }
+
+/// Help text of the center's metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "weir_center_dashboard_clients",
+        "Dashboard clients connected to this center's stream"
+    );
+    metrics::describe_counter!(
+        "weir_center_dashboard_deltas_total",
+        "Merged deltas the dashboard hub sent (once for every client)"
+    );
+    metrics::describe_counter!(
+        "weir_center_dashboard_delta_bytes_total",
+        "Bytes of the deltas the dashboard hub sent, counted once per delta"
+    );
+}

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod dashboard;
 mod events;
+pub use events::describe_metrics;
 pub mod live;
 pub mod page;
 pub mod uptime;

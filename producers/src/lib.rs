@@ -9,6 +9,7 @@
 
 pub mod agent;
 mod events;
+pub use events::describe_metrics;
 pub mod limiter;
 pub mod producer;
 pub mod signal;

@@ -3,7 +3,8 @@
 //! tests/browser/dashboard.mjs drives Debian's headless Chromium through
 //! playwright-core against both centers (fleet, throughput and lag moving,
 //! seven tabs, a node going down, reconnect, no JavaScript, phone width) and
-//! writes screenshots to target/browser/.
+//! writes screenshots to target/browser/. `weir up`'s /metrics (every role
+//! in one exposition) then goes through `promtool check metrics`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,6 +114,13 @@ async fn dashboard_in_a_browser() {
     })
     .await
     .expect("browser test thread");
+    // Every role's metrics in one exposition: what Prometheus would scrape.
+    let exposition = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("weir up's /metrics")
+        .text()
+        .await
+        .expect("metrics text");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -124,6 +132,7 @@ async fn dashboard_in_a_browser() {
         "the browser test failed:\n{stdout}\n{stderr}\n--- weir up's log (tail) ---\n{}",
         tail(&up_log, 60)
     );
+    crate::promtool::check_metrics("weir up", &exposition);
     drop(victim_proc);
 }
 

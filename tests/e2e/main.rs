@@ -12,6 +12,8 @@
 //!   lag_closed_loop  the limiter settles the lag
 //!   topics_scale     `weir topics scale`
 //!   deploy_files     deploy/ files checked against the binary
+//!   dashboard        the dashboard in headless Chromium against `weir up` and a second center
+//!   promtool         `promtool check metrics` on every role, `check config` on deploy/
 //!   hostile          hostile input and faults from the outside (issue 9)
 //!
 //! The helpers here are the ones every module needs: the binary, running it
@@ -27,6 +29,7 @@ mod hostile;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
+mod promtool;
 mod topics_scale;
 
 use std::net::SocketAddr;
