@@ -13,6 +13,7 @@
 "use strict";
 (() => {
   const STREAM = "/api/v1/dashboard/stream";
+  const HISTORY = 40; // points per sparkline, as the center keeps
   const state = { seq: 0, nodes: new Map(), pipeline: null };
   const stats = { snapshots: 0, deltas: 0, gaps: 0, connects: 0, relayed: 0 };
   let role = "alone";
@@ -157,7 +158,17 @@
   function applyDelta(d) {
     if (d.seq <= state.seq) return true; // already have it
     if (d.seq !== state.seq + 1) { stats.gaps++; return false; }
-    for (const n of d.nodes) state.nodes.set(n.id, n);
+    for (const n of d.nodes) {
+      // Deltas carry no history: extend ours with each new report.
+      const old = state.nodes.get(n.id);
+      n.cpu_hist = old ? old.cpu_hist : [];
+      n.bw_hist = old ? old.bw_hist : [];
+      if (!old || n.last_ms > old.last_ms) {
+        n.cpu_hist = n.cpu_hist.concat([n.cpu]).slice(-HISTORY);
+        n.bw_hist = n.bw_hist.concat([n.rx + n.tx]).slice(-HISTORY);
+      }
+      state.nodes.set(n.id, n);
+    }
     if (d.pipeline) state.pipeline = d.pipeline;
     state.seq = d.seq;
     stats.deltas++;

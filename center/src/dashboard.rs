@@ -337,11 +337,53 @@ pub struct Snapshot<'a> {
     pub pipeline: &'a PipelineView,
 }
 
+/// A node in a delta: the row without its history, which the page extends
+/// itself from each report (`cpu`, `rx + tx`) — the history was three
+/// quarters of a delta's bytes.
+#[derive(Serialize)]
+struct NodeChange<'a> {
+    id: &'a str,
+    status: NodeStatus,
+    last_ms: i64,
+    interval_ms: u64,
+    cpu: f32,
+    mem: f32,
+    mem_total_mb: u64,
+    load: f64,
+    cores: u32,
+    rx: u64,
+    tx: u64,
+    service: &'a str,
+    cdn_type: &'a str,
+    reports: u64,
+}
+
+impl<'a> From<&'a NodeRow> for NodeChange<'a> {
+    fn from(n: &'a NodeRow) -> Self {
+        NodeChange {
+            id: &n.id,
+            status: n.status,
+            last_ms: n.last_ms,
+            interval_ms: n.interval_ms,
+            cpu: n.cpu,
+            mem: n.mem,
+            mem_total_mb: n.mem_total_mb,
+            load: n.load,
+            cores: n.cores,
+            rx: n.rx,
+            tx: n.tx,
+            service: &n.service,
+            cdn_type: &n.cdn_type,
+            reports: n.reports,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Delta<'a> {
     seq: u64,
     at_ms: i64,
-    nodes: Vec<&'a NodeRow>,
+    nodes: Vec<NodeChange<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline: Option<&'a PipelineView>,
 }
@@ -383,6 +425,10 @@ struct Inner {
     pipeline: PipelineView,
     pipeline_dirty: bool,
     ring: VecDeque<Frame>,
+    /// The snapshot of `seq`, once built: clients connecting between two
+    /// ticks share one serialization (500 reconnecting clients must not
+    /// each hold the lock for a full fleet's JSON).
+    snapshot: Option<Frame>,
 }
 
 /// The live model of one center (see the module's documentation).
@@ -410,6 +456,7 @@ impl Hub {
                 pipeline: PipelineView::default(),
                 pipeline_dirty: false,
                 ring: VecDeque::new(),
+                snapshot: None,
             }),
             frames,
             topics,
@@ -636,7 +683,12 @@ impl Hub {
         let delta = Delta {
             seq,
             at_ms: now,
-            nodes: g.dirty.iter().filter_map(|id| g.nodes.get(id)).collect(),
+            nodes: g
+                .dirty
+                .iter()
+                .filter_map(|id| g.nodes.get(id))
+                .map(NodeChange::from)
+                .collect(),
             pipeline: g.pipeline_dirty.then_some(&g.pipeline),
         };
         let data: Arc<str> = match serde_json::to_string(&delta) {
@@ -666,7 +718,16 @@ impl Hub {
         let _ = self.frames.send(frame);
     }
 
-    fn snapshot_frame(&self, g: &Inner) -> Frame {
+    fn snapshot_frame(&self, g: &mut Inner) -> Frame {
+        if let Some(f) = g.snapshot.as_ref().filter(|f| f.seq == g.seq) {
+            return f.clone();
+        }
+        let frame = Self::build_snapshot(g);
+        g.snapshot = Some(frame.clone());
+        frame
+    }
+
+    fn build_snapshot(g: &Inner) -> Frame {
         let snap = Snapshot {
             seq: g.seq,
             at_ms: Utc::now().timestamp_millis(),
@@ -684,8 +745,8 @@ impl Hub {
 
     /// The state as JSON (what `/api/v1/dashboard` answers).
     pub fn snapshot_json(&self) -> Arc<str> {
-        let g = self.lock();
-        self.snapshot_frame(&g).data
+        let mut g = self.lock();
+        self.snapshot_frame(&mut g).data
     }
 
     /// Calls `f` with the nodes and the pipeline, under the lock (the
@@ -705,7 +766,7 @@ impl Hub {
         &self,
         last_id: Option<u64>,
     ) -> (Vec<Frame>, broadcast::Receiver<Frame>) {
-        let g = self.lock();
+        let mut g = self.lock();
         let rx = self.frames.subscribe();
         if let Some(id) = last_id {
             let oldest = g.ring.front().map_or(g.seq + 1, |f| f.seq);
@@ -714,7 +775,7 @@ impl Hub {
                 return (missed, rx);
             }
         }
-        (vec![self.snapshot_frame(&g)], rx)
+        (vec![self.snapshot_frame(&mut g)], rx)
     }
 
     /// Clients connected to this hub's stream.
@@ -1010,7 +1071,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&d.data).expect("json");
         assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2), "{v}");
         assert_eq!(v["nodes"][0]["cpu"], 4.0);
-        assert_eq!(v["nodes"][0]["cpu_hist"].as_array().map(Vec::len), Some(5));
+        // Deltas leave the history out (the page extends its own); the
+        // snapshot has it.
+        assert!(v["nodes"][0].get("cpu_hist").is_none(), "{v}");
+        let snap: serde_json::Value = serde_json::from_str(&hub.snapshot_json()).expect("json");
+        assert_eq!(
+            snap["nodes"][0]["cpu_hist"].as_array().map(Vec::len),
+            Some(5)
+        );
         // Nothing changed: no delta.
         hub.tick();
         assert!(rx.try_recv().is_err());
