@@ -787,6 +787,7 @@ impl Hub {
 /// Query of the dashboard stream: `last_id` is `Last-Event-ID` for clients
 /// that cannot set the header (a tab taking over the shared connection).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamParams {
     last_id: Option<String>,
 }

@@ -445,15 +445,32 @@ pub async fn run(
         (objects.clone(), cfg.up.load_rate),
         shutdown.clone(),
     ));
-    let seeded = seed(&cfg, &objects, &shutdown).await?;
-    info!(
-        present = seeded.present,
-        uploaded = seeded.uploaded,
-        bytes = seeded.bytes,
-        "demo objects in the bucket"
-    );
+    // The load starts at once: on a first run the hot objects (uploaded
+    // first) are there within a second, the rest answer 404 until they are,
+    // and the dashboard moves meanwhile.
     let counts = Arc::new(LoadCounts::default());
-    load(edge, objects, cfg.up.load_rate, counts.clone(), shutdown).await;
+    let loading = tokio::spawn(load(
+        edge,
+        objects.clone(),
+        cfg.up.load_rate,
+        counts.clone(),
+        shutdown.clone(),
+    ));
+    // Without its objects the demo still runs (every request a 404): the
+    // rest of `weir up` must not stop for the demo.
+    match seed(&cfg, &objects, &shutdown).await {
+        Ok(seeded) => info!(
+            present = seeded.present,
+            uploaded = seeded.uploaded,
+            bytes = seeded.bytes,
+            "demo objects in the bucket"
+        ),
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "demo: cannot put its objects in the bucket"
+        ),
+    }
+    let _ = loading.await;
     let _ = nodes.await;
     Ok(format!(
         "demo: {} requests sent through the edge ({} ok, {} not found on purpose, {} failed)",
