@@ -61,7 +61,10 @@
   const schedule = () => {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => { pending = false; render(); });
+    // A hidden tab gets no animation frames: the table would freeze with a
+    // node still shown up. Render it on a timer instead.
+    const go = () => { pending = false; render(); };
+    if (document.hidden) setTimeout(go, 0); else requestAnimationFrame(go);
   };
 
   const setBody = (id, rows) => {
