@@ -26,8 +26,10 @@ pub struct Cli {
 /// Roles and tools.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every role in one process on the local stack: agent, health consumers
-    /// and center, for a first look.
+    /// Every role in one process on the local stack, for a first look: the
+    /// agent, the health and access groups, the center with its dashboard,
+    /// the edge (its limiter following the lag signal), the lag exporter,
+    /// and a demo load.
     Up(UpArgs),
     /// Sample this host every interval and produce health events.
     Agent(AgentArgs),
@@ -76,6 +78,12 @@ pub struct UpArgs {
     /// Health group members to run in the process.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub consumers: Option<u16>,
+    /// No demo: no objects uploaded, no client load, no simulated nodes.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Requests per second the demo sends through the edge (0: none).
+    #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub load_rate: Option<u32>,
 }
 
 /// `weir agent`.
@@ -365,6 +373,12 @@ impl UpArgs {
     fn apply(&self, cfg: &mut Config) {
         if let Some(n) = self.consumers {
             cfg.up.consumers = n as usize;
+        }
+        if self.no_demo {
+            cfg.up.demo = false;
+        }
+        if let Some(r) = self.load_rate {
+            cfg.up.load_rate = r;
         }
     }
 }

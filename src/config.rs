@@ -165,11 +165,26 @@ impl Validate for LogConfig {
 pub struct UpConfig {
     /// Health group members to run.
     pub consumers: usize,
+    /// Seed the demo: objects in the bucket, a client load through the edge
+    /// and a few simulated nodes, so the dashboard has something to show.
+    pub demo: bool,
+    /// Requests per second the demo sends through the edge.
+    pub load_rate: u32,
+    /// Objects the demo puts in the bucket.
+    pub demo_objects: u32,
+    /// Simulated nodes reporting health besides this host.
+    pub demo_nodes: u32,
 }
 
 impl Default for UpConfig {
     fn default() -> Self {
-        UpConfig { consumers: 2 }
+        UpConfig {
+            consumers: 2,
+            demo: true,
+            load_rate: 20,
+            demo_objects: 300,
+            demo_nodes: 5,
+        }
     }
 }
 
@@ -177,6 +192,19 @@ impl Validate for UpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=64).contains(&self.consumers) {
             return Err(ConfigError::new("up.consumers", "must be between 1 and 64"));
+        }
+        // The demo is light by design; a load test is `weir gen access`.
+        if self.load_rate > 10_000 {
+            return Err(ConfigError::new("up.load_rate", "must be at most 10000"));
+        }
+        if !(1..=10_000).contains(&self.demo_objects) {
+            return Err(ConfigError::new(
+                "up.demo_objects",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.demo_nodes > 1000 {
+            return Err(ConfigError::new("up.demo_nodes", "must be at most 1000"));
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .install_recorder()?;
+    describe_metrics();
     Ok(handle)
 }
 
@@ -78,4 +79,16 @@ pub fn spawn_metrics_server(
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
     });
+}
+
+/// Gives every metric Weir emits its `# HELP` text (each crate describes its
+/// own, beside its internal events), so that the exposition passes
+/// `promtool check metrics`.
+pub fn describe_metrics() {
+    weir_core::http::describe_metrics();
+    weir_producers::describe_metrics();
+    weir_consumers::runtime::describe_metrics();
+    weir_lag::events::describe_metrics();
+    weir_edge::events::describe_metrics();
+    weir_center::describe_metrics();
 }

@@ -22,6 +22,7 @@ use weir_core::http::{track_metrics, ApiError};
 use weir_core::RedisHandle;
 use weir_schemas::{HealthEvent, RedisKeys};
 
+use crate::dashboard::{DashboardTopics, Hub};
 use crate::live::{feed_changes, stream, Change};
 use crate::uptime::{NodeUptime, UptimeQuery};
 
@@ -36,8 +37,15 @@ pub struct CenterConfig {
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
     /// Live-stream events buffered per client before a slow client is told
-    /// it lagged.
+    /// it lagged (the dashboard's client gets a fresh snapshot instead).
     pub stream_buffer: usize,
+    /// The dashboard merges changes and pushes at most one delta per client
+    /// this often.
+    #[serde(with = "humantime_serde")]
+    pub push_interval: Duration,
+    /// Dashboard deltas kept for clients that reconnect with
+    /// `Last-Event-ID`; one that missed more gets a fresh snapshot.
+    pub replay: usize,
 }
 
 impl Default for CenterConfig {
@@ -46,6 +54,8 @@ impl Default for CenterConfig {
             addr: "127.0.0.1:8081".into(),
             keepalive: Duration::from_secs(15),
             stream_buffer: 1024,
+            push_interval: Duration::from_millis(500),
+            replay: 256,
         }
     }
 }
@@ -67,6 +77,21 @@ impl Validate for CenterConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        // Faster floods every client; slower makes the page lag its nodes.
+        if self.push_interval < Duration::from_millis(50)
+            || self.push_interval > Duration::from_secs(10)
+        {
+            return Err(ConfigError::new(
+                "center.push_interval",
+                "must be between 50ms and 10s",
+            ));
+        }
+        if !(1..=100_000).contains(&self.replay) {
+            return Err(ConfigError::new(
+                "center.replay",
+                "must be between 1 and 100000",
+            ));
+        }
         Ok(())
     }
 }
@@ -81,6 +106,9 @@ pub struct CenterState {
     /// Ends live streams at shutdown, so that graceful shutdown does not
     /// wait forever on clients that never disconnect.
     pub(crate) shutdown: CancellationToken,
+    /// The dashboard's live model.
+    pub(crate) hub: Arc<Hub>,
+    push_interval: Duration,
 }
 
 impl CenterState {
@@ -93,7 +121,33 @@ impl CenterState {
             pool,
             changes,
             shutdown: CancellationToken::new(),
+            hub: Arc::new(Hub::new(
+                DashboardTopics::default(),
+                cfg.replay,
+                cfg.stream_buffer,
+            )),
+            push_interval: cfg.push_interval,
         }
+    }
+
+    /// The same state naming the deployment's topics on the dashboard.
+    pub fn with_topics(mut self, topics: DashboardTopics) -> Self {
+        let cfg_replay = self.hub_replay();
+        self.hub = Arc::new(Hub::new(topics, cfg_replay.0, cfg_replay.1));
+        self
+    }
+
+    fn hub_replay(&self) -> (usize, usize) {
+        self.hub.sizes()
+    }
+
+    /// The dashboard's live model.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 
@@ -136,6 +190,15 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
             "/api/v1/stream",
             get(move |s: State<CenterState>| stream(s, keepalive)),
         )
+        .route("/", get(crate::page::index))
+        .route("/assets/{name}", get(crate::page::asset))
+        .route("/api/v1/dashboard", get(crate::dashboard::snapshot))
+        .route(
+            "/api/v1/dashboard/stream",
+            get(move |s: State<CenterState>, h: axum::http::HeaderMap, q| {
+                crate::dashboard::stream(s, h, q, keepalive)
+            }),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -155,6 +218,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     state.shutdown = shutdown.clone();
     let feeder = tokio::spawn(feed_changes(state.clone(), shutdown.clone()));
+    let dashboard = tokio::spawn(crate::dashboard::run(
+        state.clone(),
+        state.push_interval,
+        shutdown.clone(),
+    ));
     let app = router(state, cfg.keepalive);
     info!(addr = %listener.local_addr()?, "center listening");
     let stop = shutdown.clone();
@@ -176,6 +244,7 @@ pub async fn serve(
     };
     shutdown.cancel();
     feeder.abort();
+    dashboard.abort();
     info!("center stopped");
     res
 }
@@ -190,7 +259,7 @@ fn to_time(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
-async fn load_nodes(state: &CenterState) -> Result<Vec<NodeView>, ApiError> {
+pub(crate) async fn load_nodes(state: &CenterState) -> Result<Vec<NodeView>, ApiError> {
     let idx = index(state).await?;
     let mut out = Vec::with_capacity(idx.len());
     let mut conn = state.redis.conn().await?;

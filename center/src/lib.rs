@@ -8,13 +8,22 @@
 //!
 //! - [`api`]: configuration, state, the router and the fleet endpoints;
 //! - [`live`]: the Redis subscription and the SSE stream;
-//! - [`uptime`]: uptime per node and per day from the health group's tables.
+//! - [`uptime`]: uptime per node and per day from the health group's tables;
+//! - [`dashboard`]: the live model behind the page (fleet, pipeline), its
+//!   snapshot and its stream of merged deltas;
+//! - [`page`]: the page at `/`, server-rendered (it works without
+//!   JavaScript) with its script and style embedded in the binary.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod dashboard;
+mod events;
+pub use events::describe_metrics;
 pub mod live;
+pub mod page;
 pub mod uptime;
 
 pub use api::{router, serve, CenterConfig, CenterState};
+pub use dashboard::{DashboardTopics, Hub};
 pub use live::Change;
 pub use uptime::{DailyUptime, NodeUptime, UptimeQuery};

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_schemas::health::EXPIRY_INTERVALS;
-use weir_schemas::HealthEvent;
+use weir_schemas::{HealthEvent, LagSignal};
 
 use crate::api::CenterState;
 
@@ -89,11 +89,16 @@ pub(crate) async fn feed_changes(state: CenterState, shutdown: CancellationToken
                 }
             }
         };
-        if let Err(e) = pubsub.subscribe(state.keys.health_channel()).await {
+        let channels = [state.keys.health_channel(), state.keys.lag_channel()];
+        if let Err(e) = pubsub.subscribe(&channels).await {
             debug!(error = %e, "subscribe failed");
             continue;
         }
-        info!(channel = %state.keys.health_channel(), "subscribed to health changes");
+        info!(channels = ?channels, "subscribed to health changes and lag signals");
+        // Whatever changed while unsubscribed: the dashboard starts from
+        // Redis's state, then follows the channel.
+        reload_hub(&state).await;
+        let lag_channel = state.keys.lag_channel();
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
@@ -112,11 +117,19 @@ pub(crate) async fn feed_changes(state: CenterState, shutdown: CancellationToken
                 }
                 msg = messages.next() => {
                     let Some(msg) = msg else { break };
-                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                    match serde_json::from_slice::<HealthEvent>(&payload) {
+                    let payload: &[u8] = msg.get_payload_bytes();
+                    if msg.get_channel_name() == lag_channel {
+                        match serde_json::from_slice::<LagSignal>(payload) {
+                            Ok(s) => state.hub.apply_lag(s),
+                            Err(e) => warn!(error = %e, "unreadable lag signal"),
+                        }
+                        continue;
+                    }
+                    match serde_json::from_slice::<HealthEvent>(payload) {
                         Ok(h) => {
                             let expiry = chrono::Duration::milliseconds(h.interval_ms as i64 * EXPIRY_INTERVALS);
                             live.insert(h.node_id.clone(), (h.ts, expiry));
+                            state.hub.apply_health(&h);
                             let _ = state.changes.send(Change::Health { health: Box::new(h) });
                         }
                         Err(e) => warn!(error = %e, "unreadable change on the health channel"),
@@ -125,5 +138,26 @@ pub(crate) async fn feed_changes(state: CenterState, shutdown: CancellationToken
             }
         }
         warn!("health channel subscription lost; reconnecting");
+    }
+}
+
+/// Loads the fleet from Redis into the dashboard's hub (best effort: a
+/// failure leaves the hub as it was; the channel keeps it current).
+async fn reload_hub(state: &CenterState) {
+    match crate::api::load_nodes(state).await {
+        Ok(nodes) => {
+            let mut live = Vec::new();
+            let mut known = Vec::new();
+            for n in nodes {
+                match n.health {
+                    Some(h) => live.push(h),
+                    None => {
+                        known.push((n.node_id, n.last_seen.map_or(0, |t| t.timestamp_millis())))
+                    }
+                }
+            }
+            state.hub.reload(live, known);
+        }
+        Err(e) => debug!(error = ?e, "cannot load the fleet for the dashboard"),
     }
 }

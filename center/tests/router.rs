@@ -126,3 +126,94 @@ async fn liveness_is_ok_and_readiness_names_what_is_down() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body, serde_json::json!({"redis": false, "postgres": false}));
 }
+
+/// The raw answer to `req`: status, headers and body text.
+async fn send(req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = app().oneshot(req).await.expect("infallible");
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_without_its_stores_and_embeds_its_assets() {
+    // Nothing reported yet (and no store answering): an empty page, not an error.
+    let (status, headers, html) = send(Request::get("/").body(Body::empty()).expect("req")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    assert!(html.contains("0 nodes · 0 up · 0 stale · 0 down"), "{html}");
+    assert!(html.contains("/assets/app.js") && html.contains("/assets/style.css"));
+    // Nothing from elsewhere: every URL the page names is its own.
+    for external in ["http://", "https://", "//cdn"] {
+        assert!(!html.contains(external), "the page references {external}");
+    }
+    for (asset, kind) in [("app.js", "text/javascript"), ("style.css", "text/css")] {
+        let (status, headers, body) = send(
+            Request::get(format!("/assets/{asset}"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with(kind));
+        assert!(!body.contains("https://"), "{asset} fetches from elsewhere");
+    }
+    for bad in ["/assets/..%2Fapi.rs", "/assets/app.js.map", "/assets/%00"] {
+        let (status, _, _) = send(Request::get(bad).body(Body::empty()).expect("req")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_stream_refuses_a_bad_last_event_id() {
+    for (header, query) in [
+        (Some("abc"), ""),
+        (Some("-1"), ""),
+        (Some("99999999999999999999999"), ""),
+        (None, "?last_id=1e3"),
+        (None, "?last_id=%00"),
+        (None, "?bogus=1"),
+    ] {
+        let mut req = Request::get(format!("/api/v1/dashboard/stream{query}"));
+        if let Some(h) = header {
+            req = req.header("last-event-id", h);
+        }
+        let (status, _, body) = send(req.body(Body::empty()).expect("req")).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{header:?} {query}: {body}"
+        );
+    }
+    // A non-ASCII header value is refused, not a panic.
+    let req = Request::get("/api/v1/dashboard/stream")
+        .header(
+            "last-event-id",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe").expect("opaque header"),
+        )
+        .body(Body::empty())
+        .expect("req");
+    let (status, _, _) = send(req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The snapshot answers with what the hub has: nothing yet.
+    let (status, _, body) = send(
+        Request::get("/api/v1/dashboard")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["nodes"], serde_json::json!([]));
+    assert_eq!(v["seq"], 0);
+}

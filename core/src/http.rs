@@ -168,3 +168,17 @@ impl InternalEvent for RequestServed {
             .record(self.took.as_secs_f64());
     }
 }
+
+/// Help text of the API servers' request metrics (Prometheus `# HELP`;
+/// `promtool check metrics` refuses metrics without it).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "weir_http_requests_total",
+        "HTTP requests answered by an API server, by server, route and status"
+    );
+    metrics::describe_histogram!(
+        "weir_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request of an API server, by server and route"
+    );
+}

@@ -283,6 +283,48 @@ impl InternalEvent for RedisFailed<'_> {
     }
 }
 
+/// Help text of the edge's metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "weir_edge_requests_total",
+        "Client requests by cache outcome and status"
+    );
+    describe_histogram!(
+        "weir_edge_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a client request to its reply's head, by cache outcome"
+    );
+    describe_counter!(
+        "weir_edge_origin_requests_total",
+        "Requests to the S3 origin by kind"
+    );
+    describe_counter!(
+        "weir_edge_access_events_shed_total",
+        "Access events not produced, by reason (the limiter shed them, the queue was full, ...)"
+    );
+    describe_counter!(
+        "weir_edge_disk_errors_total",
+        "Failed writes to the disk tier"
+    );
+    describe_counter!(
+        "weir_edge_stale_served_total",
+        "Stale copies served because the origin failed, by tier"
+    );
+    describe_counter!(
+        "weir_edge_objects_changed_total",
+        "Objects found changed at the origin while cached"
+    );
+    describe_counter!(
+        "weir_edge_responses_cut_total",
+        "Responses cut short by a slice failing mid-body"
+    );
+    describe_counter!(
+        "weir_edge_redis_errors_total",
+        "Redis failures of the shared metadata (the edge then serves without it for a while)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

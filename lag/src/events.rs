@@ -92,3 +92,38 @@ impl InternalEvent for GroupLagExported<'_> {
         }
     }
 }
+
+/// Help text of the lag exporter's metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "weir_lag_reads_total",
+        "Readings of consumer lag by outcome (ok, error)"
+    );
+    describe_counter!(
+        "weir_lag_signals_total",
+        "Lag signals written to Redis by outcome (ok, error)"
+    );
+    describe_histogram!(
+        "weir_lag_evaluation_seconds",
+        Unit::Seconds,
+        "Time to read and evaluate every exported group once"
+    );
+    describe_gauge!(
+        "weir_lag_messages",
+        "Lag in messages by group, topic and partition"
+    );
+    describe_gauge!(
+        "weir_lag_seconds",
+        "Lag in seconds by group, topic and partition (how old the next record to consume is)"
+    );
+    describe_gauge!("weir_lag_members", "Members of a consumer group");
+    describe_gauge!(
+        "weir_lag_partitions",
+        "Partitions of a group in each status"
+    );
+    describe_gauge!(
+        "weir_lag_group_status",
+        "1 for the group's current status, 0 for the others"
+    );
+}

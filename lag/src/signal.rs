@@ -4,7 +4,10 @@
 //! contract and lives in `weir-schemas`; this module only builds it from a
 //! report.
 
+use std::collections::BTreeMap;
+
 pub use weir_schemas::LagSignal;
+use weir_schemas::TopicOffsets;
 
 use crate::monitor::GroupReport;
 
@@ -26,6 +29,24 @@ impl GroupReport {
             status: self.status,
             members: self.members,
             at_ms: self.at_ms,
+            topics: self.topic_offsets(),
         }
+    }
+
+    /// Per topic, the sums of log-end and committed offsets.
+    pub fn topic_offsets(&self) -> Vec<TopicOffsets> {
+        let mut sums: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for p in &self.partitions {
+            let s = sums.entry(p.topic.as_str()).or_default();
+            s.0 = s.0.saturating_add(p.end);
+            s.1 = s.1.saturating_add(p.committed.unwrap_or(0));
+        }
+        sums.into_iter()
+            .map(|(topic, (end, committed))| TopicOffsets {
+                topic: topic.to_owned(),
+                end,
+                committed,
+            })
+            .collect()
     }
 }

@@ -92,3 +92,31 @@ impl InternalEvent for GatewayRefused<'_> {
         metrics::counter!("weir_agent_gateway_refusals_total").increment(1);
     }
 }
+
+/// Help text of the producers', limiter's and agent's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "weir_producer_events_total",
+        "Events offered to Kafka by kind and outcome (delivered, failed, queue_full, invalid, shed, ...)"
+    );
+    metrics::describe_counter!(
+        "weir_limiter_decisions_total",
+        "Lag-aware limiter decisions by event kind and decision (admitted, shed, exempt)"
+    );
+    metrics::describe_gauge!(
+        "weir_limiter_fraction_ratio",
+        "Fraction of sheddable events the limiter admits (1 = none shed)"
+    );
+    metrics::describe_gauge!(
+        "weir_limiter_lag_messages",
+        "Lag per partition of the pacing group, as the limiter last read it"
+    );
+    metrics::describe_counter!(
+        "weir_agent_gateway_refusals_total",
+        "Posts of reports the ingest gateway did not take (sent again after a backoff)"
+    );
+    metrics::describe_counter!(
+        "weir_agent_reports_total",
+        "Health reports the agent queued"
+    );
+}

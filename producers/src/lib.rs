@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod agent_http;
 mod events;
+pub use events::describe_metrics;
 pub mod limiter;
 pub mod producer;
 pub mod signal;
@@ -19,5 +20,5 @@ pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
 pub use agent_http::run_agent_via;
 pub use limiter::{Decision, LagLimiter, LimiterConfig};
 pub use producer::{Delivery, EventProducer, Offer, PendingDelivery, ProduceError};
-pub use signal::follow_signal;
+pub use signal::{follow_signal, follow_signal_reporting};
 pub use weir_core::KafkaConfig;

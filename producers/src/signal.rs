@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use weir_core::RedisHandle;
-use weir_schemas::{LagSignal, RedisKeys};
+use weir_schemas::{LagSignal, LimiterState, RedisKeys};
 
 use crate::limiter::LagLimiter;
 
@@ -22,6 +22,22 @@ pub async fn follow_signal(
     group: String,
     limiter: Arc<LagLimiter>,
     interval: Duration,
+    shutdown: CancellationToken,
+) {
+    follow_signal_reporting(redis, keys, group, limiter, interval, None, shutdown).await
+}
+
+/// [`follow_signal`], and each interval also writes the limiter's admitted
+/// fraction as `source` (a [`LimiterState`] in the `limiters` hash), so the
+/// dashboard can show what the loop is doing to each producer. Best effort:
+/// a failed write is logged at debug and tried again next interval.
+pub async fn follow_signal_reporting(
+    redis: Arc<RedisHandle>,
+    keys: RedisKeys,
+    group: String,
+    limiter: Arc<LagLimiter>,
+    interval: Duration,
+    source: Option<String>,
     shutdown: CancellationToken,
 ) {
     let key = keys.lag(&group);
@@ -44,6 +60,28 @@ pub async fn follow_signal(
             },
             Ok(None) => tracing::debug!(%key, "no lag signal (exporter not running?)"),
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the lag signal"),
+        }
+        if let Some(source) = &source {
+            let state = LimiterState {
+                source: source.clone(),
+                group: group.clone(),
+                fraction: limiter.fraction(),
+                at_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let wrote: Result<(), redis::RedisError> = async {
+                let json = serde_json::to_string(&state).unwrap_or_default();
+                let mut c = redis.conn().await?;
+                redis::cmd("HSET")
+                    .arg(keys.limiters())
+                    .arg(source)
+                    .arg(json)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+            .await;
+            if let Err(e) = wrote {
+                tracing::debug!(error = %e, "cannot write the limiter's state");
+            }
         }
     }
 }

@@ -57,6 +57,17 @@ impl RedisKeys {
         format!("{}:lag:{group}", self.prefix)
     }
 
+    /// Log-end offsets of the deployment's topics ([`crate::TopicEnds`],
+    /// JSON, expiring), written by the lag exporter.
+    pub fn topic_ends(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+
+    /// Hash of producer → its limiter's state ([`crate::LimiterState`]).
+    pub fn limiters(&self) -> String {
+        format!("{}:limiters", self.prefix)
+    }
+
     /// Pub/sub channel carrying every group's lag signal each interval.
     pub fn lag_channel(&self) -> String {
         format!("{}:lag:signals", self.prefix)

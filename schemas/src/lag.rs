@@ -73,6 +73,50 @@ pub struct LagSignal {
     pub members: usize,
     /// When the offsets were read (unix ms).
     pub at_ms: i64,
+    /// Per topic the group reads: the sums of its partitions' log-end and
+    /// committed offsets, so that a reader of two signals can tell the
+    /// produce and consume rates (the dashboard does). Absent from signals
+    /// of exporters older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicOffsets>,
+}
+
+/// Offsets of one topic summed over its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOffsets {
+    /// Topic.
+    pub topic: String,
+    /// Sum of the log-end offsets: records ever produced (less deleted).
+    pub end: i64,
+    /// Sum of the committed offsets (partitions never committed count 0).
+    pub committed: i64,
+}
+
+/// Log-end offsets of a deployment's own topics (health, access, dead
+/// letters), written by `weir lag export` each interval to
+/// [`crate::RedisKeys::topic_ends`]; the dead-letter topic has no group, so
+/// no [`LagSignal`] would carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicEnds {
+    /// When the offsets were read (unix ms).
+    pub at_ms: i64,
+    /// (topic, sum of its partitions' log-end offsets).
+    pub topics: Vec<(String, i64)>,
+}
+
+/// What a producer's limiter is doing, written by its signal follower each
+/// interval to [`crate::RedisKeys::limiters`] (a hash, one field per
+/// producer), for the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimiterState {
+    /// The producer (its node id).
+    pub source: String,
+    /// The group whose lag paces it.
+    pub group: String,
+    /// Fraction of sheddable events admitted (1 = none shed).
+    pub fraction: f64,
+    /// When it was written (unix ms).
+    pub at_ms: i64,
 }
 
 impl LagSignal {
@@ -102,12 +146,22 @@ mod tests {
             status: LagStatus::Warning,
             members: 1,
             at_ms: 1,
+            topics: vec![TopicOffsets {
+                topic: "t".into(),
+                end: 10,
+                committed: 4,
+            }],
         };
         let text = serde_json::to_string(&s).expect("json");
         assert!(text.contains("\"status\":\"warning\""), "{text}");
         let back: LagSignal = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, s);
         assert_eq!(s.lag_per_partition(), 300.0);
+        // Signals of older exporters (no `topics`) still parse.
+        let old = text.replace(r#","topics":[{"topic":"t","end":10,"committed":4}]"#, "");
+        assert!(!old.contains("topics"), "{old}");
+        let back: LagSignal = serde_json::from_str(&old).expect("parse old");
+        assert!(back.topics.is_empty());
         let empty = LagSignal { partitions: 0, ..s };
         assert_eq!(empty.lag_per_partition(), 0.0);
     }

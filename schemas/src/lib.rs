@@ -22,4 +22,4 @@ pub use codec::{
 };
 pub use health::{HealthEvent, InterfaceStats, IpAddresses, LoadAverage};
 pub use keys::RedisKeys;
-pub use lag::{LagSignal, LagStatus};
+pub use lag::{LagSignal, LagStatus, LimiterState, TopicEnds, TopicOffsets};

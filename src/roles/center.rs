@@ -3,7 +3,7 @@
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weir_center::{serve, CenterState};
+use weir_center::{serve, CenterState, DashboardTopics};
 
 use super::{migrate, pool, redis};
 use crate::config::{parse_addr, Config};
@@ -26,7 +26,13 @@ pub async fn center(
     // The center reads tables the consumers own; make sure they exist so an
     // empty fleet answers `[]`, not an error.
     migrate(&pool, &shutdown).await?;
-    let state = CenterState::new(redis(cfg)?, cfg.redis.keys(), pool, &cfg.center);
+    let state = CenterState::new(redis(cfg)?, cfg.redis.keys(), pool, &cfg.center).with_topics(
+        DashboardTopics {
+            health: cfg.topics.health.clone(),
+            access: cfg.topics.access.clone(),
+            dlq: cfg.topics.dlq.clone(),
+        },
+    );
     serve(listener, state, &cfg.center, shutdown)
         .await
         .context("center server")

@@ -57,12 +57,13 @@ pub async fn run(
             cfg.limiter.group.clone()
         };
         tracing::info!(%group, threshold = cfg.limiter.threshold, "lag-aware limiting of access events on");
-        tokio::spawn(weir_producers::follow_signal(
+        tokio::spawn(weir_producers::follow_signal_reporting(
             redis.clone(),
             cfg.redis.keys(),
             group,
             limiter.clone(),
             cfg.lag.interval,
+            Some(cfg.agent.resolved_node_id()),
             shutdown.clone(),
         ));
         producer = producer.with_limiter(limiter);

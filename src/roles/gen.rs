@@ -76,10 +76,10 @@ pub struct GenTotals {
 }
 
 /// SplitMix64: tiny, fast, and good enough for synthetic traffic.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -88,22 +88,22 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo).max(1)
     }
 }
 
 /// Object popularity: P(object i) ∝ 1 / (i + 1)^1.1, as CDN traffic is.
-struct Popularity {
+pub(crate) struct Popularity {
     cdf: Vec<f64>,
 }
 
 impl Popularity {
-    fn new(objects: u32) -> Self {
+    pub(crate) fn new(objects: u32) -> Self {
         let mut acc = 0.0;
         let mut cdf: Vec<f64> = (0..objects.max(1))
             .map(|i| {
@@ -117,7 +117,7 @@ impl Popularity {
         Popularity { cdf }
     }
 
-    fn pick(&self, u: f64) -> usize {
+    pub(crate) fn pick(&self, u: f64) -> usize {
         self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
     }
 }

@@ -174,6 +174,13 @@ pub async fn export(
     groups: &[String],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The deployment's own topics: their log ends give the dashboard the
+    // produce rates, dead letters included (no group reads that topic).
+    let own_topics: Vec<String> = [&cfg.topics.health, &cfg.topics.access, &cfg.topics.dlq]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .collect();
     let reader = Arc::new(LagReader::new(&cfg.kafka, cfg.lag.timeout)?);
     let redis = RedisHandle::new(&cfg.redis).context("redis.url")?;
     let keys = cfg.redis.keys();
@@ -219,12 +226,66 @@ pub async fn export(
             .emit();
         }
         monitor.retain_partitions(&keep);
+        match topic_ends(&reader, &own_topics).await {
+            Ok(ends) => {
+                if let Err(e) = publish_topic_ends(&redis, &keys, &ends, expiry_ms).await {
+                    tracing::debug!(error = %e, "cannot write the topics' log ends");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the topics' log ends"),
+        }
         LagEvaluated {
             took: started.elapsed(),
         }
         .emit();
     }
     tracing::info!("lag exporter stopped");
+    Ok(())
+}
+
+/// Sums of the log-end offsets of `topics` (missing topics are left out).
+async fn topic_ends(
+    reader: &Arc<LagReader>,
+    topics: &[String],
+) -> anyhow::Result<weir_schemas::TopicEnds> {
+    let (r, wanted) = (reader.clone(), topics.to_vec());
+    tokio::task::spawn_blocking(move || -> Result<weir_schemas::TopicEnds, LagError> {
+        let all = r.topics()?;
+        let parts: Vec<(String, i32)> = wanted
+            .iter()
+            .filter_map(|t| all.get(t).map(|n| (t, *n)))
+            .flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p)))
+            .collect();
+        let ends = r.end_offsets(parts.iter())?;
+        let mut sums: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for ((t, _), end) in ends {
+            *sums.entry(t).or_default() += end;
+        }
+        Ok(weir_schemas::TopicEnds {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            topics: sums.into_iter().collect(),
+        })
+    })
+    .await
+    .context("the Kafka reader thread failed")?
+    .map_err(Into::into)
+}
+
+async fn publish_topic_ends(
+    redis: &RedisHandle,
+    keys: &weir_schemas::RedisKeys,
+    ends: &weir_schemas::TopicEnds,
+    expiry_ms: u64,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string(ends)?;
+    let mut conn = redis.conn().await?;
+    redis::cmd("SET")
+        .arg(keys.topic_ends())
+        .arg(&json)
+        .arg("PX")
+        .arg(expiry_ms)
+        .query_async::<()>(&mut conn)
+        .await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod agent;
 pub mod balance;
 mod center;
 mod consume;
+pub mod demo;
 pub mod dlq;
 pub mod edge;
 pub mod gen;

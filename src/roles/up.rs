@@ -1,4 +1,7 @@
-//! `weir up`: every role in one process, for the local stack.
+//! `weir up`: every role in one process, for the local stack, with a demo
+//! so that the dashboard moves within seconds.
+
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -6,12 +9,25 @@ use tracing::{error, info};
 
 use super::agent::agent;
 use super::center::{bind_center, center};
-use super::consume::consume_health;
+use super::consume::{consume_access, consume_health};
 use super::{migrate, pool};
 use crate::config::Config;
 
-/// `weir up`: topics, migrations, the agent, N health members, the center
-/// and the edge in one process.
+/// The configuration of one role inside `weir up`: with `consumer.group`
+/// set (one name for a whole deployment), each group gets its role as a
+/// suffix, since the health and access groups must not share a name.
+fn for_role(cfg: &Config, role: &str) -> Config {
+    let mut c = cfg.clone();
+    if !cfg.consumer.group.is_empty() {
+        c.consumer.group = format!("{}-{role}", cfg.consumer.group);
+    }
+    c
+}
+
+/// `weir up`: topics and migrations, then the agent, the health group
+/// (`up.consumers` members), the access group, the center, the edge with
+/// its limiter, `weir lag export` for both groups and, unless `--no-demo`,
+/// the demo ([`super::demo`]).
 pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     super::topics::ensure(&cfg.kafka, &cfg.topics)
         .await
@@ -22,13 +38,23 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let addr = listener.local_addr()?;
     let (edge_client, edge_admin) = super::edge::bind(cfg).await?;
     let edge_addr = edge_client.local_addr()?;
+    let health = for_role(cfg, "health");
+    let mut access = for_role(cfg, "access");
+    // The closed loop is part of the tour: the edge's access events are
+    // paced by the access group's lag.
+    access.limiter.enabled = true;
+    let groups = vec![
+        health.consumer.group_for("health"),
+        access.consumer.group_for("access"),
+    ];
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (c, s) = (cfg.clone(), shutdown.clone());
         tasks.spawn(async move { center(&c, listener, s).await.map(|_| "center".to_string()) });
     }
     {
-        let (c, s) = (cfg.clone(), shutdown.clone());
+        // The edge's limiter follows the access group's lag.
+        let (c, s) = (access.clone(), shutdown.clone());
         tasks.spawn(async move {
             super::edge::run(&c, edge_client, edge_admin, None, s)
                 .await
@@ -36,7 +62,7 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
         });
     }
     for i in 0..cfg.up.consumers {
-        let (c, s) = (cfg.clone(), shutdown.clone());
+        let (c, s) = (health.clone(), shutdown.clone());
         tasks.spawn(async move {
             consume_health(&c, s).await.map(|r| {
                 format!(
@@ -44,6 +70,25 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
                     r.applied, r.batches
                 )
             })
+        });
+    }
+    {
+        let (c, s) = (access.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            consume_access(&c, s).await.map(|r| {
+                format!(
+                    "access consumer: applied {} records in {} batches",
+                    r.applied, r.batches
+                )
+            })
+        });
+    }
+    {
+        let (c, s, g) = (cfg.clone(), shutdown.clone(), groups.clone());
+        tasks.spawn(async move {
+            super::lag::export(&c, &g, s)
+                .await
+                .map(|_| "lag exporter".to_string())
         });
     }
     {
@@ -57,7 +102,14 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
             })
         });
     }
-    print_banner(cfg, addr, edge_addr);
+    let mut demo_producer = None;
+    if cfg.up.demo {
+        let producer = super::producer(cfg, "demo")?;
+        demo_producer = Some(producer.clone());
+        let (c, s) = (cfg.clone(), shutdown.clone());
+        tasks.spawn(async move { super::demo::run(c, edge_addr, producer, s).await });
+    }
+    print_banner(cfg, addr, edge_addr, &groups);
     let mut failed = false;
     while let Some(res) = tasks.join_next().await {
         match res {
@@ -77,29 +129,45 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
             }
         }
     }
+    if let Some(p) = demo_producer {
+        let _ = tokio::task::spawn_blocking(move || p.flush(super::PRODUCER_DRAIN)).await;
+    }
     if failed {
         anyhow::bail!("weir up stopped because a role failed (see the log above)");
     }
     Ok(())
 }
 
-fn print_banner(cfg: &Config, addr: std::net::SocketAddr, edge: std::net::SocketAddr) {
+fn print_banner(cfg: &Config, addr: SocketAddr, edge: SocketAddr, groups: &[String]) {
     let node = cfg.agent.resolved_node_id();
+    let demo = if cfg.up.demo {
+        format!(
+            "demo: {} objects in s3://{}/{}, {} requests/s through the edge, {} simulated nodes (--no-demo turns it off)",
+            cfg.up.demo_objects,
+            cfg.s3.bucket,
+            super::demo::PREFIX,
+            cfg.up.load_rate,
+            cfg.up.demo_nodes
+        )
+    } else {
+        "no demo (--no-demo)".to_string()
+    };
     println!(
-        "\nweir up: agent ({node}) → Kafka {brokers} → {n} health consumers → Redis + PostgreSQL → center\n\
-         \n  Center API   http://{addr}/api/v1/nodes\n\
-         \n  Try:\n    curl -s http://{addr}/api/v1/nodes | jq .\n    curl -s http://{addr}/api/v1/nodes/{node} | jq .\n    \
-         curl -s http://{addr}/api/v1/fleet\n    curl -s 'http://{addr}/api/v1/uptime' | jq .\n    curl -N http://{addr}/api/v1/stream\n\
-         \n  Edge         http://{edge}/<key>   (S3 {s3}, bucket {bucket}; purge on http://{admin}/cache)\n\
-         \n  Lag          weir lag describe {group}   (weir lag list, weir lag advise {group})\n\
+        "\nweir up: agent ({node}) → Kafka {brokers} → health ×{n} and access groups → Redis + PostgreSQL → center\n\
+         \n  Dashboard    http://{addr}/\n\
+         \n  API          http://{addr}/api/v1/nodes   (also /api/v1/fleet, /api/v1/uptime, /api/v1/stream)\n\
+         \n  Edge         http://{edge}/<key>   (S3 {s3}, bucket {bucket}; upload and purge on http://{admin}/)\n\
+         \n  Lag          weir lag describe {hg}   ·   weir lag describe {ag}\n\
          \n  Metrics      http://{metrics}/metrics\n\
+         \n  {demo}\n\
          \n  Ctrl-C stops every role cleanly.\n",
         brokers = cfg.kafka.brokers,
         n = cfg.up.consumers,
         s3 = cfg.s3.endpoint,
         bucket = cfg.s3.bucket,
         admin = cfg.edge.admin_addr,
-        group = cfg.consumer.group_for("health"),
+        hg = groups[0],
+        ag = groups[1],
         metrics = if cfg.metrics.addr.is_empty() { "(disabled)" } else { cfg.metrics.addr.as_str() },
     );
 }

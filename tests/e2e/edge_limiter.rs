@@ -40,6 +40,7 @@ async fn edge_sheds_access_events_when_the_access_group_is_behind() {
         status: LagStatus::Warning,
         members: 1,
         at_ms: chrono::Utc::now().timestamp_millis(),
+        topics: Vec::new(),
     };
     let mut conn = redis.conn().await;
     let _: () = conn

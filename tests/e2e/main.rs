@@ -15,6 +15,8 @@
 //!   security         every role over SASL_SSL and mutual TLS (a private broker); refusals name the setting
 //!   topics_scale     `weir topics scale`
 //!   deploy_files     deploy/ files checked against the binary
+//!   dashboard        the dashboard in headless Chromium against `weir up` and a second center
+//!   promtool         `promtool check metrics` on every role, `check config` on deploy/
 //!   hostile          hostile input and faults from the outside (issue 9)
 //!   ingest           `weir ingest`: agents over HTTP, Kafka stopped, hostile bodies
 //!
@@ -25,6 +27,7 @@
 mod access;
 mod balance;
 mod codecs;
+mod dashboard;
 mod deploy_files;
 mod edge;
 mod edge_limiter;
@@ -34,6 +37,7 @@ mod ingest;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
+mod promtool;
 mod security;
 mod topics_scale;
 

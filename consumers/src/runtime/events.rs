@@ -265,3 +265,42 @@ impl InternalEvent for MemberStarted<'_> {
         info!(group = %self.group, topic = %self.topic, "consumer started");
     }
 }
+
+/// Help text of the consumer runtime's metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "weir_consumer_records_total",
+        "Records handled by a group by outcome (applied, skipped, dead_lettered with its reason)"
+    );
+    describe_counter!("weir_consumer_batches_total", "Batches applied by a group");
+    describe_histogram!(
+        "weir_consumer_batch_seconds",
+        Unit::Seconds,
+        "Time to apply one batch (stores and offsets), by group"
+    );
+    describe_counter!(
+        "weir_consumer_fenced_batches_total",
+        "Batches abandoned because another member moved the stored offsets (fenced)"
+    );
+    describe_counter!(
+        "weir_consumer_gap_records_total",
+        "Records Kafka no longer had between the stored offset and the first one delivered"
+    );
+    describe_gauge!(
+        "weir_consumer_partitions_owned",
+        "Partitions assigned to this member, by group"
+    );
+    describe_counter!(
+        "weir_consumer_store_errors_total",
+        "Failed attempts to apply a batch by store (postgres, redis, dlq); the batch is retried"
+    );
+    describe_counter!(
+        "weir_consumer_seek_failures_total",
+        "Seeks to the stored offset that failed and will be retried"
+    );
+    describe_counter!(
+        "weir_consumer_kafka_errors_total",
+        "Errors reported by the Kafka consumer"
+    );
+}

@@ -33,6 +33,7 @@ pub mod batch;
 pub mod config;
 pub mod dead_letters;
 pub(crate) mod events;
+pub use events::describe_metrics;
 pub mod member;
 pub mod offsets;
 pub mod rebalance;

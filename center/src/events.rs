@@ -1,0 +1,51 @@
+//! The center's internal events: each writes its log line and its metric
+//! together (`weir_core::telemetry`).
+
+use weir_core::InternalEvent;
+
+/// A dashboard client connected or went away.
+pub struct DashboardClient {
+    /// True on connect.
+    pub connected: bool,
+}
+
+impl InternalEvent for DashboardClient {
+    fn emit(self) {
+        tracing::debug!(connected = self.connected, "dashboard client");
+        let g = metrics::gauge!("weir_center_dashboard_clients");
+        if self.connected {
+            g.increment(1.0);
+        } else {
+            g.decrement(1.0);
+        }
+    }
+}
+
+/// The hub sent one delta to every connected client.
+pub struct DashboardDeltaSent {
+    /// Its size.
+    pub bytes: usize,
+}
+
+impl InternalEvent for DashboardDeltaSent {
+    fn emit(self) {
+        metrics::counter!("weir_center_dashboard_deltas_total").increment(1);
+        metrics::counter!("weir_center_dashboard_delta_bytes_total").increment(self.bytes as u64);
+    }
+}
+
+/// Help text of the center's metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "weir_center_dashboard_clients",
+        "Dashboard clients connected to this center's stream"
+    );
+    metrics::describe_counter!(
+        "weir_center_dashboard_deltas_total",
+        "Merged deltas the dashboard hub sent (once for every client)"
+    );
+    metrics::describe_counter!(
+        "weir_center_dashboard_delta_bytes_total",
+        "Bytes of the deltas the dashboard hub sent, counted once per delta"
+    );
+}
