@@ -109,6 +109,17 @@ fn field_of(e: &DecodeError, record: &[u8]) -> Option<String> {
             top_level_fields().iter().any(|f| f == top).then_some(name)
         }
         DecodeError::UnsupportedVersion { .. } => Some("schema_version".into()),
+        // Valid JSON whose number does not fit its field (1e111 for an
+        // f32): serde calls it a syntax error, but a field is at fault.
+        DecodeError::NotJson(_)
+            if serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok() =>
+        {
+            let mut de = serde_json::Deserializer::from_slice(record);
+            serde_path_to_error::deserialize::<_, HealthEvent>(&mut de)
+                .err()
+                .map(|pe| pe.path().to_string())
+                .filter(|p| p != ".")
+        }
         DecodeError::Empty | DecodeError::TooLarge { .. } | DecodeError::NotJson(_) => None,
     }
 }
@@ -185,6 +196,10 @@ mod tests {
             (r.code, r.field.as_deref()),
             ("unsupported_version", Some("schema_version"))
         );
+        // Found by the property below: a number too big for an f32 field.
+        let mut v = good();
+        v["cpu_usage_pct"] = json!(-7.412627485029765e111);
+        assert_eq!(refused(&v).field.as_deref(), Some("cpu_usage_pct"));
         let r = judge(b"{not json").expect_err("not json");
         assert_eq!((r.code, r.field), ("not_json", None));
         let r = judge(b"[1,2]").expect_err("an array");
