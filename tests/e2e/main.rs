@@ -62,6 +62,19 @@ pub fn client(timeout: Duration) -> reqwest::Client {
     builder.build().expect("HTTP client")
 }
 
+/// Waits (30 s at most) until `url` answers with a success status: how a
+/// spawned role says it is ready.
+pub async fn until_ok(url: &str, what: &str) {
+    eventually(Duration::from_secs(30), what, || async move {
+        reqwest::get(url)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// The `weir` binary under test.
 pub fn weir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weir"))
@@ -175,13 +188,7 @@ impl Ingest {
         let mut env = env.to_vec();
         env.push(("WEIR_INGEST_ADDR".into(), addr.to_string()));
         let proc = Proc::spawn("ingest", weir(), &["ingest"], &env);
-        eventually(Duration::from_secs(30), "ingest ready", || async move {
-            reqwest::get(format!("http://{addr}/readyz"))
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
-        .await;
+        until_ok(&format!("http://{addr}/readyz"), "ingest ready").await;
         Ingest { addr, proc }
     }
 
@@ -236,18 +243,7 @@ impl Edge {
             .map(|(k, v)| (k.to_string(), v)),
         );
         let proc = Proc::spawn("edge", weir(), &["edge"], &env);
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "edge answers", || {
-            let http = http.clone();
-            async move {
-                http.get(format!("http://{admin}/livez"))
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
+        until_ok(&format!("http://{admin}/livez"), "edge answers").await;
         Edge {
             addr,
             admin,
@@ -321,18 +317,7 @@ impl Balance {
         args.push("balance".into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn("balance", weir(), &args, &env);
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "balance ready", || {
-            let http = http.clone();
-            async move {
-                http.get(format!("http://{admin}/readyz"))
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
+        until_ok(&format!("http://{admin}/readyz"), "balance ready").await;
         Balance {
             addr,
             admin,
