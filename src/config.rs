@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use weir_auth::AuthConfig;
 use weir_center::CenterConfig;
 use weir_consumers::ConsumerConfig;
 use weir_core::{DatabaseConfig, RedisConfig, Validate};
@@ -212,6 +213,8 @@ pub struct Config {
     pub lag: LagConfig,
     /// Lag-aware limiting of sheddable events (the edge's access events).
     pub limiter: LimiterConfig,
+    /// Admin tokens (center and edge).
+    pub auth: AuthConfig,
 }
 
 /// Environment variables with the `WEIR_` prefix that are not configuration
@@ -290,6 +293,7 @@ impl Config {
         self.up.validate()?;
         self.lag.validate()?;
         self.limiter.validate()?;
+        self.auth.validate()?;
         // Across sections.
         if self.limiter.stale_after < self.lag.interval {
             return Err(ConfigError::new(
@@ -600,6 +604,13 @@ mod tests {
                 None,
                 vec![("WEIR_EDGE_FRESH_FOR", "soon")],
                 "edge.fresh_for",
+            ),
+            (None, vec![("WEIR_AUTH_LEEWAY", "1h")], "auth.leeway"),
+            (None, vec![("WEIR_AUTH_ISSUER", "a/b")], "auth.issuer"),
+            (
+                None,
+                vec![("WEIR_AUTH_PROTECT_READS", "maybe")],
+                "WEIR_AUTH_PROTECT_READS",
             ),
         ];
         for (file, vars, key) in cases {

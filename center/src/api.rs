@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use weir_auth::{auth_routes, require_read, AdminAuth};
 use weir_core::http::{track_metrics, ApiError};
 use weir_core::RedisHandle;
 use weir_schemas::{HealthEvent, RedisKeys};
@@ -81,6 +82,8 @@ pub struct CenterState {
     /// Ends live streams at shutdown, so that graceful shutdown does not
     /// wait forever on clients that never disconnect.
     pub(crate) shutdown: CancellationToken,
+    /// Who may call admin endpoints (and reads, with `auth.protect_reads`).
+    pub(crate) auth: Arc<AdminAuth>,
 }
 
 impl CenterState {
@@ -93,7 +96,16 @@ impl CenterState {
             pool,
             changes,
             shutdown: CancellationToken::new(),
+            auth: AdminAuth::unconfigured("center"),
         }
+    }
+
+    /// The same state with `auth` deciding who may call admin endpoints;
+    /// without it every admin endpoint answers 503 (never open by
+    /// accident).
+    pub fn with_auth(mut self, auth: Arc<AdminAuth>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -127,7 +139,9 @@ pub struct FleetView {
 
 /// The API's routes over a state.
 pub fn router(state: CenterState, keepalive: Duration) -> Router {
-    Router::new()
+    let auth = state.auth.clone();
+    // Fleet reads: open unless `auth.protect_reads`.
+    let reads = Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/fleet", get(fleet))
@@ -136,6 +150,13 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
             "/api/v1/stream",
             get(move |s: State<CenterState>| stream(s, keepalive)),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            require_read,
+        ));
+    Router::new()
+        .merge(reads)
+        .merge(auth_routes(auth))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -26,7 +26,9 @@ pub async fn center(
     // The center reads tables the consumers own; make sure they exist so an
     // empty fleet answers `[]`, not an error.
     migrate(&pool, &shutdown).await?;
-    let state = CenterState::new(redis(cfg)?, cfg.redis.keys(), pool, &cfg.center);
+    let redis = redis(cfg)?;
+    let auth = super::auth::admin_auth(cfg, redis.clone(), "center")?;
+    let state = CenterState::new(redis, cfg.redis.keys(), pool, &cfg.center).with_auth(auth);
     serve(listener, state, &cfg.center, shutdown)
         .await
         .context("center server")

@@ -4,6 +4,7 @@
 //!
 //! Each module is one concern, as the files were before:
 //!   access           the access group: exact rollups, dead letters, rebalance, backlog, chaos
+//!   auth             admin tokens: PyJWT-made hostile tokens, 401/403, logout seen everywhere, Redis down
 //!   health           agent → consumers → center, SIGKILL of a member, bad flags, Redis down
 //!   edge             `weir edge` as a process: large objects, Kafka gone
 //!   edge_limiter     the closed loop wired in the edge
@@ -18,6 +19,7 @@
 //! to completion, and an edge process with its own ports and disk tier.
 
 mod access;
+mod auth;
 mod deploy_files;
 mod edge;
 mod edge_limiter;
