@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -120,6 +120,11 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The key file's modification time, `None` when it cannot be read.
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// The header fields Weir reads; everything else (`jwk`, `jku`, `x5u`,
 /// `x5c`, …) is ignored.
 #[derive(Deserialize)]
@@ -128,14 +133,15 @@ struct MinimalHeader {
     kid: Option<String>,
 }
 
-/// Signs and verifies with the key file's keys, re-reading the file (at most
-/// once a second) when a token names a key it does not know, so a rotation
-/// reaches running servers without a restart.
+/// Signs and verifies with the key file's keys, re-reading the file when a
+/// token names a key it does not know and the file changed, so a rotation
+/// (or a first key) reaches running servers without a restart.
 pub struct Verifier {
     cfg: AuthConfig,
     path: Option<PathBuf>,
     keys: RwLock<Arc<KeySet>>,
-    last_load: Mutex<Option<Instant>>,
+    /// Modification time of the key file when last read (`None`: missing).
+    last_load: Mutex<Option<SystemTime>>,
 }
 
 impl Verifier {
@@ -147,6 +153,7 @@ impl Verifier {
                 path: "auth.key_file".into(),
                 detail: e.message,
             })?;
+        let mtime = modified(&path);
         let file = KeyFile::read(&path)?;
         let set = KeySet::from_file(&file).map_err(|detail| crate::keys::KeyError::Invalid {
             path: path.display().to_string(),
@@ -156,7 +163,7 @@ impl Verifier {
             cfg,
             path: Some(path),
             keys: RwLock::new(Arc::new(set)),
-            last_load: Mutex::new(Some(Instant::now())),
+            last_load: Mutex::new(mtime),
         })
     }
 
@@ -180,17 +187,19 @@ impl Verifier {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the key file if the last read is over a second old.
+    /// Re-reads the key file if it changed since it was last read (one
+    /// `stat` otherwise, so a flood of unknown `kid`s costs no parsing).
     fn reload(&self) -> Arc<KeySet> {
         let Some(path) = &self.path else {
             return self.keys();
         };
         {
             let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            let now = modified(path);
+            if *last == now {
                 return self.keys();
             }
-            *last = Some(Instant::now());
+            *last = now;
         }
         match KeyFile::read(path).map(|f| KeySet::from_file(&f)) {
             Ok(Ok(set)) => {
