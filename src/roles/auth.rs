@@ -84,7 +84,15 @@ pub fn admin_auth(
     if cfg.auth.disabled {
         return Ok(AdminAuth::disabled(server));
     }
-    let path = cfg.auth.resolved_key_file()?;
+    let path = match cfg.auth.resolved_key_file() {
+        Ok(p) => p,
+        Err(e) => {
+            // No HOME and no auth.key_file (a bare service account): the
+            // server still runs, its admin endpoints answer 503.
+            tracing::warn!(server, error = %e, "no key file location: admin endpoints answer 503");
+            return Ok(AdminAuth::unconfigured(server));
+        }
+    };
     let verifier = Verifier::new(cfg.auth.clone())
         .with_context(|| format!("auth.key_file {}", path.display()))?;
     if verifier.keys().is_empty() {
