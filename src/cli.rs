@@ -59,6 +59,9 @@ pub enum Command {
     /// seconds, owners, status).
     #[command(subcommand)]
     Lag(LagCommand),
+    /// Admin tokens: make or rotate the signing key, issue a token.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -68,8 +71,67 @@ impl Command {
     /// Whether the command talks to Kafka (and so needs its TLS/SASL
     /// settings checked against the brokers before it starts).
     pub fn uses_kafka(&self) -> bool {
-        !matches!(self, Command::Center(_) | Command::Config)
+        !matches!(
+            self,
+            Command::Center(_) | Command::Config | Command::Auth(_)
+        )
     }
+}
+
+/// `weir auth …`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Make a new signing key the current one (the current becomes the
+    /// previous, still accepted; older keys are dropped).
+    Keygen(AuthKeygenArgs),
+    /// Print a token signed with the current key (last line of output).
+    Token(AuthTokenArgs),
+}
+
+/// Key algorithm of `weir auth keygen`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyAlg {
+    /// Ed25519 (verifiers need only the public key).
+    Eddsa,
+    /// HMAC-SHA256 with a 256-bit random secret.
+    Hs256,
+}
+
+/// `weir auth keygen`.
+#[derive(Debug, Args)]
+pub struct AuthKeygenArgs {
+    /// Algorithm of the new key.
+    #[arg(long, value_enum, default_value = "eddsa")]
+    pub alg: KeyAlg,
+    /// Key file (overrides auth.key_file).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Scope of `weir auth token`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TokenScope {
+    /// Every endpoint.
+    Admin,
+    /// Read-only endpoints.
+    Read,
+}
+
+/// `weir auth token`.
+#[derive(Debug, Args)]
+pub struct AuthTokenArgs {
+    /// Who the token is for (`sub`).
+    #[arg(long, value_name = "NAME")]
+    pub subject: String,
+    /// Lifetime (at most auth.max_ttl), e.g. 15m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
+    pub ttl: Duration,
+    /// What it allows.
+    #[arg(long, value_enum, default_value = "admin")]
+    pub scope: TokenScope,
+    /// Key file (overrides auth.key_file).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `weir up`.
@@ -360,12 +422,20 @@ impl Cli {
             Command::Lag(LagCommand::List(v)) => v.apply(cfg),
             Command::Lag(LagCommand::Describe(d)) => d.view.apply(cfg),
             Command::Lag(LagCommand::Export(e)) => e.apply(cfg),
+            Command::Auth(AuthCommand::Keygen(a)) => set_key_file(cfg, &a.key_file),
+            Command::Auth(AuthCommand::Token(a)) => set_key_file(cfg, &a.key_file),
             Command::Lag(LagCommand::Advise(_))
             | Command::Topics(_)
             | Command::Config
             | Command::Gen(_)
             | Command::Dlq(_) => {}
         }
+    }
+}
+
+fn set_key_file(cfg: &mut Config, file: &Option<PathBuf>) {
+    if let Some(f) = file {
+        cfg.auth.key_file = f.display().to_string();
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use weir_auth::AuthConfig;
 use weir_balance::BalanceConfig;
 use weir_center::CenterConfig;
 use weir_consumers::ConsumerConfig;
@@ -246,6 +247,8 @@ pub struct Config {
     pub lag: LagConfig,
     /// Lag-aware limiting of sheddable events (the edge's access events).
     pub limiter: LimiterConfig,
+    /// Admin tokens (center and edge).
+    pub auth: AuthConfig,
 }
 
 /// Environment variables with the `WEIR_` prefix that are not configuration
@@ -323,6 +326,7 @@ impl Config {
         self.up.validate()?;
         self.lag.validate()?;
         self.limiter.validate()?;
+        self.auth.validate()?;
         // Across sections.
         if self.ingest.ack_timeout <= self.kafka.linger {
             // It becomes the gateway producer's message timeout, which
@@ -704,6 +708,13 @@ mod tests {
                 Some("[[balance.routes]]\nprefix = \"/api\"\npool = \"missing\"\n"),
                 vec![],
                 "balance.routes[0].pool",
+            ),
+            (None, vec![("WEIR_AUTH_LEEWAY", "1h")], "auth.leeway"),
+            (None, vec![("WEIR_AUTH_ISSUER", "a/b")], "auth.issuer"),
+            (
+                None,
+                vec![("WEIR_AUTH_PROTECT_READS", "maybe")],
+                "WEIR_AUTH_PROTECT_READS",
             ),
         ];
         for (file, vars, key) in cases {

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use weir_auth::{auth_routes, require_read, AdminAuth};
 use weir_core::http::{track_metrics, ApiError};
 use weir_core::RedisHandle;
 use weir_schemas::{HealthEvent, RedisKeys};
@@ -109,6 +110,8 @@ pub struct CenterState {
     /// The dashboard's live model.
     pub(crate) hub: Arc<Hub>,
     push_interval: Duration,
+    /// Who may call admin endpoints (and reads, with `auth.protect_reads`).
+    pub(crate) auth: Arc<AdminAuth>,
 }
 
 impl CenterState {
@@ -127,7 +130,16 @@ impl CenterState {
                 cfg.stream_buffer,
             )),
             push_interval: cfg.push_interval,
+            auth: AdminAuth::unconfigured("center"),
         }
+    }
+
+    /// The same state with `auth` deciding who may call admin endpoints;
+    /// without it every admin endpoint answers 503 (never open by
+    /// accident).
+    pub fn with_auth(mut self, auth: Arc<AdminAuth>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// The same state naming the deployment's topics on the dashboard.
@@ -181,7 +193,9 @@ pub struct FleetView {
 
 /// The API's routes over a state.
 pub fn router(state: CenterState, keepalive: Duration) -> Router {
-    Router::new()
+    let auth = state.auth.clone();
+    // Fleet reads: open unless `auth.protect_reads`.
+    let reads = Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/fleet", get(fleet))
@@ -190,8 +204,6 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
             "/api/v1/stream",
             get(move |s: State<CenterState>| stream(s, keepalive)),
         )
-        .route("/", get(crate::page::index))
-        .route("/assets/{name}", get(crate::page::asset))
         .route("/api/v1/dashboard", get(crate::dashboard::snapshot))
         .route(
             "/api/v1/dashboard/stream",
@@ -199,6 +211,16 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
                 crate::dashboard::stream(s, h, q, keepalive)
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            require_read,
+        ));
+    Router::new()
+        // The page and its assets hold no fleet data: always open.
+        .route("/", get(crate::page::index))
+        .route("/assets/{name}", get(crate::page::asset))
+        .merge(reads)
+        .merge(auth_routes(auth))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
+use weir_auth::{auth_routes, require_admin, AdminAuth};
 use weir_core::http::ApiError;
 use weir_core::InternalEventHandle;
 use weir_schemas::CacheOutcome;
@@ -37,11 +38,10 @@ pub fn router(edge: Arc<Edge>) -> Router {
     Router::new().fallback(client_request).with_state(edge)
 }
 
-/// The admin router: purge, upload, fetch and health.
-pub fn admin_router(edge: Arc<Edge>) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+/// The admin router: purge, upload and fetch behind `auth` (an admin-scope
+/// token, not revoked), health open, and the auth routes (logout, JWKS).
+pub fn admin_router(edge: Arc<Edge>, auth: Arc<AdminAuth>) -> Router {
+    let writes = Router::new()
         .route("/cache", delete(purge_prefix))
         .route("/cache/{*key}", delete(purge_one))
         .route(
@@ -49,22 +49,33 @@ pub fn admin_router(edge: Arc<Edge>) -> Router {
             post(crate::upload::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/fetch", post(crate::upload::fetch))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            require_admin,
+        ));
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .merge(writes)
+        .merge(auth_routes(auth))
         .layer(axum::middleware::from_fn(crate::upload::same_origin_only))
         .with_state(edge)
 }
 
 /// Serves client traffic on `client` and admin endpoints (plus
-/// `extra_admin`, e.g. `/metrics`) on `admin` until `shutdown`.
+/// `extra_admin`, e.g. `/metrics`) on `admin`, authenticated by `auth`,
+/// until `shutdown`.
 pub async fn serve(
     client: TcpListener,
     admin: TcpListener,
     edge: Arc<Edge>,
     extra_admin: Router,
+    auth: Arc<AdminAuth>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(edge.clone());
     let limits = edge.conn_limits();
-    let admin_app = admin_router(edge).merge(extra_admin);
+    let admin_app = admin_router(edge, auth).merge(extra_admin);
     info!(client = %client.local_addr()?, admin = %admin.local_addr()?, "edge listening");
     let (s1, s2) = (shutdown.clone(), shutdown);
     let c = weir_core::listener::serve_limited(client, app, limits, s1);

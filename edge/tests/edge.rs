@@ -186,6 +186,9 @@ async fn start(mut opts: Options) -> Harness {
         admin,
         edge,
         Router::new(),
+        // These tests are about caching, upload and fetch; authentication
+        // has its own tests (weir-auth, tests/e2e/auth.rs).
+        weir_auth::AdminAuth::disabled("edge"),
         shutdown.clone(),
     ));
     Harness {

@@ -209,13 +209,20 @@ async fn admin_router_answers_health_and_refuses_a_purge_without_prefix() {
             .body(Body::empty())
             .expect("request")
     };
-    let admin = weir_edge::admin_router(edge);
-    let live = admin
+    // Without a key, admin writes are refused (503), never open; health is.
+    let locked = weir_edge::admin_router(edge.clone(), weir_auth::AdminAuth::unconfigured("edge"));
+    let live = locked
         .clone()
         .oneshot(get("/livez", Method::GET))
         .await
         .expect("infallible");
     assert_eq!(live.status(), StatusCode::OK);
+    let refused = locked
+        .oneshot(get("/cache?prefix=a", Method::DELETE))
+        .await
+        .expect("infallible");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let admin = weir_edge::admin_router(edge, weir_auth::AdminAuth::disabled("edge"));
     let purge = admin
         .oneshot(get("/cache", Method::DELETE))
         .await

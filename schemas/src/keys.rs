@@ -72,4 +72,16 @@ impl RedisKeys {
     pub fn lag_channel(&self) -> String {
         format!("{}:lag:signals", self.prefix)
     }
+
+    /// Marks one revoked admin token (`weir-auth`): its issuer and `jti`,
+    /// expiring when the token could no longer be accepted anyway.
+    pub fn auth_revoked(&self, issuer: &str, jti: &str) -> String {
+        format!("{}:auth:revoked:{issuer}:{jti}", self.prefix)
+    }
+
+    /// A subject's "not before" (unix seconds): its tokens issued at or
+    /// before it are refused (log out everywhere).
+    pub fn auth_not_before(&self, subject: &str) -> String {
+        format!("{}:auth:nbf:{subject}", self.prefix)
+    }
 }

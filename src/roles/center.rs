@@ -26,13 +26,15 @@ pub async fn center(
     // The center reads tables the consumers own; make sure they exist so an
     // empty fleet answers `[]`, not an error.
     migrate(&pool, &shutdown).await?;
-    let state = CenterState::new(redis(cfg)?, cfg.redis.keys(), pool, &cfg.center).with_topics(
-        DashboardTopics {
+    let redis = redis(cfg)?;
+    let auth = super::auth::admin_auth(cfg, redis.clone(), "center")?;
+    let state = CenterState::new(redis, cfg.redis.keys(), pool, &cfg.center)
+        .with_topics(DashboardTopics {
             health: cfg.topics.health.clone(),
             access: cfg.topics.access.clone(),
             dlq: cfg.topics.dlq.clone(),
-        },
-    );
+        })
+        .with_auth(auth);
     serve(listener, state, &cfg.center, shutdown)
         .await
         .context("center server")

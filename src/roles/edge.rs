@@ -75,6 +75,7 @@ pub async fn run(
         cfg.topics.access.clone(),
         cfg.agent.resolved_node_id(),
     );
+    let auth = super::auth::admin_auth(cfg, redis.clone(), "edge")?;
     let edge = Edge::new(
         cfg.edge.clone(),
         &cfg.s3,
@@ -94,7 +95,7 @@ pub async fn run(
         Some(m) => Router::new().route("/metrics", get(move || std::future::ready(m.render()))),
         None => Router::new(),
     };
-    weir_edge::serve(client, admin, edge, extra, shutdown)
+    weir_edge::serve(client, admin, edge, extra, auth, shutdown)
         .await
         .context("edge server")?;
     let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_DRAIN)).await;

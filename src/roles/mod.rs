@@ -4,6 +4,7 @@
 //! role.
 
 mod agent;
+mod auth;
 pub mod balance;
 mod center;
 mod consume;
@@ -27,7 +28,9 @@ use weir_consumers::MIGRATOR;
 use weir_core::RedisHandle;
 use weir_producers::EventProducer;
 
-use crate::cli::{Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, TopicsCommand};
+use crate::cli::{
+    AuthCommand, Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, TopicsCommand,
+};
 use crate::config::Config;
 use crate::telemetry;
 
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         cli.command,
         Command::Topics(_)
             | Command::Config
+            | Command::Auth(_)
             | Command::Dlq(_)
             | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
@@ -149,6 +153,8 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let (client, admin) = edge::bind(&cfg).await?;
             edge::run(&cfg, client, admin, Some(handle), shutdown).await
         }
+        Command::Auth(AuthCommand::Keygen(a)) => auth::keygen(&cfg, &a),
+        Command::Auth(AuthCommand::Token(a)) => auth::token(&cfg, &a),
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())

@@ -34,6 +34,7 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .context("ensuring topics (is Kafka running? try deploy/local/up)")?;
     let pool = pool(cfg)?;
     migrate(&pool, &shutdown).await?;
+    let admin_key = ensure_admin_key(cfg);
     let listener = bind_center(cfg).await?;
     let addr = listener.local_addr()?;
     let (edge_client, edge_admin) = super::edge::bind(cfg).await?;
@@ -109,7 +110,7 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let (c, s) = (cfg.clone(), shutdown.clone());
         tasks.spawn(async move { super::demo::run(c, edge_addr, producer, s).await });
     }
-    print_banner(cfg, addr, edge_addr, &groups);
+    print_banner(cfg, addr, edge_addr, &groups, &admin_key);
     let mut failed = false;
     while let Some(res) = tasks.join_next().await {
         match res {
@@ -138,7 +139,44 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print_banner(cfg: &Config, addr: SocketAddr, edge: SocketAddr, groups: &[String]) {
+/// The local stack's admin endpoints need a signing key; `weir up` makes
+/// one (Ed25519) the first time, as `weir auth keygen` would, so that
+/// `weir auth token` works at once. A key already there is kept. Returns
+/// what the banner says about admin access.
+fn ensure_admin_key(cfg: &Config) -> String {
+    if cfg.auth.disabled {
+        return "admin endpoints open (auth.disabled)".to_string();
+    }
+    let made = (|| -> anyhow::Result<(std::path::PathBuf, bool)> {
+        let path = cfg.auth.resolved_key_file()?;
+        let mut file = weir_auth::KeyFile::read(&path)?;
+        if file.keys.is_empty() {
+            file.rotate(weir_auth::Alg::EdDSA, &chrono::Utc::now().to_rfc3339())?;
+            file.write(&path)?;
+            return Ok((path, true));
+        }
+        Ok((path, false))
+    })();
+    match made {
+        Ok((path, fresh)) => format!(
+            "admin token: TOKEN=$(weir auth token --subject $USER)   (key {}{})",
+            path.display(),
+            if fresh { ", made now" } else { "" }
+        ),
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "no admin signing key; admin endpoints answer 503");
+            format!("admin endpoints answer 503: no signing key ({e:#})")
+        }
+    }
+}
+
+fn print_banner(
+    cfg: &Config,
+    addr: SocketAddr,
+    edge: SocketAddr,
+    groups: &[String],
+    admin_key: &str,
+) {
     let node = cfg.agent.resolved_node_id();
     let demo = if cfg.up.demo {
         format!(
@@ -157,6 +195,7 @@ fn print_banner(cfg: &Config, addr: SocketAddr, edge: SocketAddr, groups: &[Stri
          \n  Dashboard    http://{addr}/\n\
          \n  API          http://{addr}/api/v1/nodes   (also /api/v1/fleet, /api/v1/uptime, /api/v1/stream)\n\
          \n  Edge         http://{edge}/<key>   (S3 {s3}, bucket {bucket}; upload and purge on http://{admin}/)\n\
+         \n  Admin        {admin_key}\n\
          \n  Lag          weir lag describe {hg}   ·   weir lag describe {ag}\n\
          \n  Metrics      http://{metrics}/metrics\n\
          \n  {demo}\n\

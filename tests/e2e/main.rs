@@ -5,6 +5,7 @@
 //! Each module is one concern, as the files were before:
 //!   balance          `weir balance`: fleet-fed pools, passive health, proxying, takeover
 //!   access           the access group: exact rollups, dead letters, rebalance, backlog, chaos
+//!   auth             admin tokens: PyJWT-made hostile tokens, 401/403, logout seen everywhere, Redis down
 //!   codecs           every compression codec from the Java client, kcat and Weir, consumed exactly
 //!   health           agent → consumers → center, SIGKILL of a member, bad flags, Redis down
 //!   edge             `weir edge` as a process: large objects, Kafka gone
@@ -25,6 +26,7 @@
 //! own ports and disk tier.
 
 mod access;
+mod auth;
 mod balance;
 mod codecs;
 mod dashboard;
