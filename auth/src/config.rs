@@ -34,6 +34,12 @@ pub struct AuthConfig {
     /// Serve admin endpoints with no authentication at all. Only for a
     /// closed test bench; logged loudly at start.
     pub disabled: bool,
+    /// How long a token found not revoked is trusted without asking Redis
+    /// again (at most 1s; 0 asks on every request). A logout on another
+    /// instance is refused here within this time; one on this instance at
+    /// once. Redis unreachable: admin requests fail closed after it.
+    #[serde(with = "humantime_serde")]
+    pub revocation_cache: Duration,
 }
 
 impl Default for AuthConfig {
@@ -47,6 +53,7 @@ impl Default for AuthConfig {
             max_token_len: 4096,
             protect_reads: false,
             disabled: false,
+            revocation_cache: Duration::from_millis(500),
         }
     }
 }
@@ -86,6 +93,12 @@ impl Validate for AuthConfig {
             return Err(ConfigError::new(
                 "auth.max_ttl",
                 "must be between 1s and 30d",
+            ));
+        }
+        if self.revocation_cache > Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "auth.revocation_cache",
+                "must be at most 1s (a logout must reach every instance within a second)",
             ));
         }
         if !(256..=16_384).contains(&self.max_token_len) {

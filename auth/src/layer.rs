@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use weir_core::{ApiError, InternalEvent};
 
+use crate::cache::TokenCache;
 use crate::events::{AuthDecided, TokenRevoked};
 use crate::revoke::{Revocations, Standing};
 use crate::token::{now_secs, Claims, Refusal, Scope, Verifier};
@@ -35,6 +36,7 @@ enum Mode {
     Enforced {
         verifier: Arc<Verifier>,
         revocations: Revocations,
+        cache: TokenCache,
     },
     /// No key could be loaded: admin endpoints answer 503.
     Unconfigured,
@@ -69,10 +71,12 @@ impl AdminAuth {
         revocations: Revocations,
     ) -> Arc<Self> {
         let protect_reads = verifier.config().protect_reads;
+        let cache = TokenCache::new(verifier.config().revocation_cache);
         Arc::new(AdminAuth {
             mode: Mode::Enforced {
                 verifier,
                 revocations,
+                cache,
             },
             protect_reads,
             server,
@@ -112,7 +116,7 @@ impl AdminAuth {
     }
 
     async fn authorize(&self, headers: &HeaderMap, need: Need) -> Result<Option<Claims>, Response> {
-        let (verifier, revocations) = match &self.mode {
+        let (verifier, revocations, cache) = match &self.mode {
             Mode::Disabled => return Ok(None),
             _ if need == Need::Read && !self.protect_reads => return Ok(None),
             Mode::Unconfigured => {
@@ -122,7 +126,8 @@ impl AdminAuth {
             Mode::Enforced {
                 verifier,
                 revocations,
-            } => (verifier, revocations),
+                cache,
+            } => (verifier, revocations, cache),
         };
         let token = match bearer(headers) {
             Some(t) => t,
@@ -131,19 +136,44 @@ impl AdminAuth {
                 return Err(refuse(Refusal::Missing));
             }
         };
-        let claims = match verifier.verify(token, now_secs()) {
-            Ok(c) => c,
-            Err(r) => {
-                self.decided(r.label());
-                return Err(refuse(r));
-            }
+        let now = now_secs();
+        // The key set before verifying: a token is cached only against the
+        // set it was verified with, so a rotation that drops its key (or a
+        // reload during the check) sends it through the signature again.
+        let keys = verifier.reload();
+        let (claims, fresh) = match cache.get(token, &keys) {
+            Some(hit) => match verifier.check_times(&hit.claims, now) {
+                Ok(()) => (hit.claims, hit.fresh),
+                Err(r) => {
+                    self.decided(r.label());
+                    return Err(refuse(r));
+                }
+            },
+            None => match verifier.verify(token, now) {
+                Ok(c) => (c, false),
+                Err(r) => {
+                    self.decided(r.label());
+                    return Err(refuse(r));
+                }
+            },
         };
         if need == Need::Admin && !claims.scope.allows(Scope::Admin) {
             self.decided(Refusal::Scope.label());
             return Err(refuse(Refusal::Scope));
         }
-        match revocations.standing(&claims).await {
+        if fresh {
+            self.decided("ok");
+            return Ok(Some(claims));
+        }
+        let epoch = cache.epoch();
+        let asked = std::time::Instant::now();
+        let standing = revocations.standing(&claims).await;
+        let cacheable = Arc::ptr_eq(&keys, &verifier.keys());
+        match standing {
             Ok(Standing::Good) => {
+                if cacheable {
+                    cache.put(token, &claims, keys, Some(asked), epoch, now);
+                }
                 self.decided("ok");
                 Ok(Some(claims))
             }
@@ -155,11 +185,17 @@ impl AdminAuth {
             // times were checked; only a logout could be missed); admin
             // requests fail closed.
             Err(e) if need == Need::Read => {
+                if cacheable {
+                    cache.put(token, &claims, keys, None, epoch, now);
+                }
                 tracing::warn!(server = self.server, error = %e, "cannot check revocations; letting a read through");
                 self.decided("ok_unchecked");
                 Ok(Some(claims))
             }
             Err(e) => {
+                if cacheable {
+                    cache.put(token, &claims, keys, None, epoch, now);
+                }
                 self.decided("redis_down");
                 Err(ApiError::from(e).into_response())
             }
@@ -249,17 +285,28 @@ async fn logout(
     claims: Option<Extension<Verified>>,
     Query(q): Query<LogoutQuery>,
 ) -> Result<Response, ApiError> {
-    let (Mode::Enforced { revocations, .. }, Some(Extension(Verified(c)))) = (&auth.mode, claims)
+    let (
+        Mode::Enforced {
+            revocations, cache, ..
+        },
+        Some(Extension(Verified(c))),
+    ) = (&auth.mode, claims)
     else {
         return Err(ApiError::bad_request(
             "authentication is disabled here: there is no token to revoke",
         ));
     };
     let now = now_secs();
+    // Forgotten here before Redis is told, and checks under way are not
+    // stored: this instance refuses the token from now on.
+    cache.forget(&c.jti, &c.sub, q.all);
     let ttl = revocations.revoke(&c, now).await?;
     if q.all {
         revocations.revoke_subject(&c.sub, now).await?;
     }
+    // And again once Redis has it: a check that began between the two saw
+    // the token still good, and must not keep it.
+    cache.forget(&c.jti, &c.sub, q.all);
     TokenRevoked {
         server: auth.server,
         subject: &c.sub,

@@ -17,6 +17,7 @@
 //! not by every producer and consumer that links `weir-core`.
 #![warn(missing_docs)]
 
+mod cache;
 pub mod config;
 mod events;
 pub mod keys;

@@ -1,10 +1,9 @@
 //! The deny-list: revoked tokens and per-subject "not before" times, in
 //! Redis, where every center and edge instance reads them.
 //!
-//! Every admin request asks Redis (one pipelined round trip: the token's
-//! `(iss, jti)` marker and its subject's "not before"), so a logout is seen
-//! by every instance as soon as Redis has it — no cache to invalidate, no
-//! window. A revoked marker lives `exp − now + leeway` seconds: until the
+//! A check is one pipelined round trip (the token's `(iss, jti)` marker and
+//! its subject's "not before"); its "good" answer is trusted for
+//! `auth.revocation_cache` (see `cache.rs`). A revoked marker lives `exp − now + leeway` seconds: until the
 //! token would be refused as expired anyway (with `exp − now` it would be
 //! valid again inside the leeway).
 

@@ -187,9 +187,10 @@ impl Verifier {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the key file if it changed since it was last read (one
-    /// `stat` otherwise, so a flood of unknown `kid`s costs no parsing).
-    fn reload(&self) -> Arc<KeySet> {
+    /// The keys in the key file now: re-read if it changed since it was
+    /// last read (one `stat` otherwise, so a flood of unknown `kid`s costs
+    /// no parsing). A key dropped by a rotation stops verifying at once.
+    pub fn reload(&self) -> Arc<KeySet> {
         let Some(path) = &self.path else {
             return self.keys();
         };
@@ -316,15 +317,7 @@ impl Verifier {
             .map_err(|e| Refusal::Invalid(e.kind_label()))?;
         let claims: Claims =
             serde_json::from_value(data.claims).map_err(|e| Refusal::Invalid(e.to_string()))?;
-        if claims.exp + leeway < now {
-            return Err(Refusal::Invalid("expired".into()));
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
-            return Err(Refusal::Invalid("not yet valid".into()));
-        }
-        if claims.iat > now + leeway {
-            return Err(Refusal::Invalid("issued in the future".into()));
-        }
+        self.check_times(&claims, now)?;
         if claims.exp < claims.iat || claims.exp - claims.iat > self.cfg.max_ttl.as_secs() {
             return Err(Refusal::Invalid("lifetime beyond auth.max_ttl".into()));
         }
@@ -341,6 +334,23 @@ impl Verifier {
             return Err(Refusal::Invalid("sub".into()));
         }
         Ok(claims)
+    }
+
+    /// The checks of [`Verifier::verify`] that depend on the time: `exp`
+    /// and `nbf` with the leeway, `iat` not in the future. A token taken
+    /// from the verified-token cache goes through these again.
+    pub fn check_times(&self, claims: &Claims, now: u64) -> Result<(), Refusal> {
+        let leeway = self.cfg.leeway_secs();
+        if claims.exp + leeway < now {
+            return Err(Refusal::Invalid("expired".into()));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(Refusal::Invalid("not yet valid".into()));
+        }
+        if claims.iat > now + leeway {
+            return Err(Refusal::Invalid("issued in the future".into()));
+        }
+        Ok(())
     }
 }
 

@@ -323,6 +323,7 @@ async fn with_redis_down_admin_requests_fail_closed_and_reads_go_on() {
     let mut env = world.env_with(&[
         ("WEIR_REDIS_URL", &redis.url()),
         ("WEIR_REDIS_TIMEOUT", "500ms"),
+        ("WEIR_AUTH_REVOCATION_CACHE", "500ms"),
     ]);
     env.push(keys.env());
     let (center, edge) = tokio::join!(Center::start(&env), Edge::start(&env));
@@ -332,6 +333,11 @@ async fn with_redis_down_admin_requests_fail_closed_and_reads_go_on() {
     assert_eq!(status(&http, "DELETE", &purge, Some(&admin)).await, 200);
 
     redis.stop(true);
+    // A token not seen before is refused at once; one that Redis said was
+    // good is trusted for auth.revocation_cache (500 ms here), no longer.
+    let (fresh, _) = keys.token("carol", "admin", "5m");
+    assert_eq!(status(&http, "DELETE", &purge, Some(&fresh)).await, 503);
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(status(&http, "DELETE", &purge, Some(&admin)).await, 503);
     let logout = format!("http://{}/api/v1/auth/logout", center.addr);
     assert_eq!(status(&http, "POST", &logout, Some(&admin)).await, 503);
