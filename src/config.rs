@@ -710,6 +710,11 @@ mod tests {
                 "balance.routes[0].pool",
             ),
             (None, vec![("WEIR_AUTH_LEEWAY", "1h")], "auth.leeway"),
+            (
+                None,
+                vec![("WEIR_AUTH_REVOCATION_CACHE", "5s")],
+                "auth.revocation_cache",
+            ),
             (None, vec![("WEIR_AUTH_ISSUER", "a/b")], "auth.issuer"),
             (
                 None,
