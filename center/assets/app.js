@@ -101,23 +101,110 @@
     $("k-lim").textContent = pct(lim);
   }
 
+  // The fleet table is kept, not rebuilt: one <tr> per node, made once,
+  // moved only when a new node joins, and each render touches only the
+  // cells whose value changed (a new report, the status, "3s ago"). With
+  // a thousand nodes this is what keeps a tab near idle between reports;
+  // rebuilding the table's HTML twice a second cost most of a core.
+  const rows = new Map(); // id -> { tr, badge, cells, node, s, ago }
+  const byTr = new WeakMap(); // tr -> its row
+  // Rows on screen: only they get their values and "ago" written (a
+  // thousand-row table mostly lies below the fold, and each text change
+  // there would still cost a table layout). A row scrolled into view is
+  // filled at once. Status classes are written everywhere: they are rare.
+  const inView = new Set();
+  const seen = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const r = byTr.get(e.target);
+      if (!r) continue;
+      if (e.isIntersecting) {
+        inView.add(r);
+        const n = state.nodes.get(r.tr.dataset.id);
+        if (n && !r.tr.hidden) fillRow(r, n);
+      } else inView.delete(r);
+    }
+  }, { rootMargin: "200px 0px" }) : null;
+  let order = [];
+  let adopted = false;
+  const MAX_SHOWN = 2000; // the counts stay exact; the table is bounded
+
+  function makeRow(id) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = id;
+    tr.innerHTML = '<td><span class="badge"></span></td><td class="id"></td>' + "<td></td>".repeat(7);
+    const td = tr.cells;
+    td[1].textContent = id;
+    const r = { tr, badge: td[0].firstChild, cells: td, node: null, s: null, ago: null };
+    byTr.set(tr, r);
+    if (seen) seen.observe(tr); else inView.add(r);
+    return r;
+  }
+
+  function setStatus(r, s) {
+    if (r.s === s) return;
+    r.tr.className = s;
+    r.badge.className = "badge " + s;
+    r.badge.textContent = s;
+    r.s = s;
+  }
+
+  function fillRow(r, n) {
+    const a = ago(n.last_ms);
+    if (r.ago !== a) { r.cells[2].textContent = a; r.ago = a; }
+    if (r.node === n) return; // same report as last time
+    r.cells[3].textContent = n.cpu.toFixed(0) + "%";
+    r.cells[4].textContent = n.mem.toFixed(0) + "%";
+    r.cells[5].textContent = n.load.toFixed(2);
+    r.cells[6].textContent = rateBytes(n.rx) + " ↓ · " + rateBytes(n.tx) + " ↑";
+    if (!r.node || r.node.cpu_hist !== n.cpu_hist) r.cells[7].innerHTML = spark(n.cpu_hist);
+    r.cells[8].textContent = n.reports;
+    r.node = n;
+  }
+
   function renderFleet() {
+    const t = $("fleet-table");
+    if (!t) return;
+    const body = t.tBodies[0];
+    if (!adopted) { body.textContent = ""; adopted = true; } // the server-rendered rows
+    let joined = false;
+    for (const id of state.nodes.keys()) {
+      if (!rows.has(id)) { rows.set(id, makeRow(id)); joined = true; }
+    }
+    for (const id of rows.keys()) {
+      if (!state.nodes.has(id)) {
+        const r = rows.get(id);
+        if (seen) seen.unobserve(r.tr);
+        inView.delete(r);
+        r.tr.remove();
+        rows.delete(id);
+        joined = true;
+      }
+    }
+    if (joined) {
+      order = [...rows.keys()].sort();
+      const frag = document.createDocumentFragment();
+      for (const id of order) frag.appendChild(rows.get(id).tr);
+      body.appendChild(frag);
+    }
     const counts = { up: 0, stale: 0, down: 0 };
-    const rows = [];
     const q = filter.q.toLowerCase();
-    const ids = [...state.nodes.keys()].sort();
-    for (const id of ids) {
-      const n = state.nodes.get(id);
+    let shown = 0;
+    for (const id of order) {
+      const n = state.nodes.get(id), r = rows.get(id);
       const s = statusOf(n);
       counts[s]++;
-      if (filter.status !== "all" && filter.status !== s) continue;
-      if (q && !id.toLowerCase().includes(q) && !(n.service || "").toLowerCase().includes(q)) continue;
-      if (rows.length >= 2000) continue; // the counts stay exact; the table is bounded
-      rows.push('<tr class="' + s + '" data-id="' + esc(id) + '"><td><span class="badge ' + s + '">' + s + '</span></td><td class="id">' +
-        esc(id) + "</td><td>" + ago(n.last_ms) + "</td><td>" + n.cpu.toFixed(0) + "%</td><td>" + n.mem.toFixed(0) + "%</td><td>" +
-        n.load.toFixed(2) + "</td><td>" + rateBytes(n.rx) + " ↓ · " + rateBytes(n.tx) + " ↑</td><td>" + spark(n.cpu_hist) + "</td><td>" + n.reports + "</td></tr>");
+      setStatus(r, s);
+      const want = (filter.status === "all" || filter.status === s) &&
+        (!q || id.toLowerCase().includes(q) || (n.service || "").toLowerCase().includes(q)) &&
+        shown < MAX_SHOWN;
+      if (r.tr.hidden === want) r.tr.hidden = !want;
+      if (want) {
+        shown++;
+        // A new row is filled once wherever it is, so that the table is
+        // never blank before the observer has reported.
+        if (inView.has(r) || !r.node) fillRow(r, n);
+      }
     }
-    setBody("fleet-table", rows);
     const total = state.nodes.size;
     $("counts").textContent = total + " nodes · " + counts.up + " up · " + counts.stale + " stale · " + counts.down + " down";
     $("k-nodes").textContent = counts.up + "/" + total;
@@ -128,9 +215,16 @@
     }
   }
 
+  // The pipeline panels change with each delta that carries them; between
+  // deltas only the limiters' "ago" moves, once a second.
+  let drawn = { pipeline: null, at: 0 };
   function render() {
     renderFleet();
-    renderPipeline(state.pipeline);
+    const now = Date.now();
+    if (state.pipeline !== drawn.pipeline || now - drawn.at >= 1000) {
+      renderPipeline(state.pipeline);
+      drawn = { pipeline: state.pipeline, at: now };
+    }
     document.body.dataset.seq = state.seq;
   }
 

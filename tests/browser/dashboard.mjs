@@ -168,6 +168,23 @@ try {
     step(`${name}: ${VICTIM} down ${late} ms after its last report (expiry + 1 s = ${limit} ms; ${d.at - killedAt} ms after the kill)`);
   }
 
+  // 5b. The filters: "down" shows the victim and only down nodes; the search
+  // box narrows to one node; "all" brings every row back, filled.
+  const shownRows = () => page.evaluate(() => [...document.querySelectorAll("#fleet-table tbody tr")]
+    .filter((tr) => !tr.hidden).map((tr) => ({ id: tr.dataset.id, cls: tr.className, cpu: tr.cells[3].textContent })));
+  await page.click('#filters button[data-status="down"]');
+  let shown = await shownRows();
+  if (!shown.some((r) => r.id === VICTIM) || shown.some((r) => r.cls !== "down")) throw new Error(`"down" filter shows ${JSON.stringify(shown)}`);
+  await page.click('#filters button[data-status="all"]');
+  await page.fill("#q", HOST);
+  shown = await shownRows();
+  if (shown.length !== 1 || shown[0].id !== HOST) throw new Error(`search for ${HOST} shows ${JSON.stringify(shown)}`);
+  await page.fill("#q", "");
+  shown = await shownRows();
+  const total = await page.evaluate(() => window.weirDashboard.state.nodes.size);
+  if (shown.length !== total || shown.some((r) => !r.cpu.endsWith("%"))) throw new Error(`after clearing the filters: ${shown.length} of ${total} rows, ${JSON.stringify(shown.slice(0, 3))}`);
+  step(`filters: "down" shows ${VICTIM}, the search narrows to one node, clearing shows all ${total} rows filled`);
+
   // 6. Reconnect misses nothing: the stream resumes from Last-Event-ID with
   // the deltas missed while away (no fresh snapshot), without a gap, and
   // the page then agrees with the center.
