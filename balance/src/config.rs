@@ -46,6 +46,18 @@ pub struct BalanceConfig {
     /// keep-alive connections to backends are closed after it too.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A client connection with no bytes read or written this long is
+    /// closed: a tunnel (WebSocket) gone quiet, a client that holds a
+    /// connection open without a request. At least `first_byte_timeout`
+    /// and `idle_timeout`, so a request waiting on a slow backend is never
+    /// cut by it.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client that reads nothing of a response this long is disconnected
+    /// (nginx's `send_timeout`): it holds a connection slot and a backend
+    /// connection, never memory beyond a buffer.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// How long in-flight requests get to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -89,6 +101,19 @@ pub struct BalanceConfig {
     pub routes: Vec<RouteConfig>,
 }
 
+impl BalanceConfig {
+    /// The client connections' watchdog, as the core listener takes it.
+    pub fn conn_limits(&self) -> weir_core::listener::ConnLimits {
+        weir_core::listener::ConnLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.client_idle_timeout,
+            send_timeout: self.send_timeout,
+            max_buf_size: 64 * 1024,
+        }
+    }
+}
+
 impl Default for BalanceConfig {
     fn default() -> Self {
         BalanceConfig {
@@ -101,6 +126,8 @@ impl Default for BalanceConfig {
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             resync_interval: Duration::from_secs(10),
             max_fails: 3,
@@ -241,11 +268,19 @@ impl Validate for BalanceConfig {
             ("balance.connect_timeout", self.connect_timeout),
             ("balance.first_byte_timeout", self.first_byte_timeout),
             ("balance.idle_timeout", self.idle_timeout),
+            ("balance.client_idle_timeout", self.client_idle_timeout),
+            ("balance.send_timeout", self.send_timeout),
             ("balance.resync_interval", self.resync_interval),
             ("balance.eject_time", self.eject_time),
             ("balance.eject_time_max", self.eject_time_max),
         ] {
             nonzero_duration(key, d)?;
+        }
+        if self.client_idle_timeout < self.first_byte_timeout.max(self.idle_timeout) {
+            return Err(ConfigError::new(
+                "balance.client_idle_timeout",
+                "must be at least balance.first_byte_timeout and balance.idle_timeout (a request waiting on a backend would be cut)",
+            ));
         }
         if self.eject_time_max < self.eject_time {
             return Err(ConfigError::new(

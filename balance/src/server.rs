@@ -8,12 +8,15 @@
 //! requests within `balance.drain_timeout`. Keep-alive connections are
 //! closed after their current response.
 //!
-//! The accept loop is the balancer's own rather than the edge's
-//! (`weir_edge::listener`): the edge's serves an axum router over HTTP/1
-//! and HTTP/2; this one serves one hyper service over HTTP/1.1 with
-//! upgrades, on a socket it opens itself. Both bound the connections
-//! served at once and the time to send a request's head (which, in hyper,
-//! also bounds an idle keep-alive connection).
+//! The accept loop is the balancer's own rather than the core listener's
+//! (`weir_core::listener::serve_limited`, the edge's and ingest's): that
+//! one serves an axum router over HTTP/1 and HTTP/2; this one serves one
+//! hyper service over HTTP/1.1 with upgrades, on a socket it opens itself,
+//! and drains its backlog on a takeover. The watchdog is the shared one
+//! ([`Watched`]): both bound the connections served at once, the time to
+//! send a request's head, a connection without progress
+//! (`balance.client_idle_timeout`) and a client that stops reading
+//! (`balance.send_timeout`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use weir_core::listener::Watched;
 
 use crate::config::BalanceConfig;
 use crate::fleet::FleetView;
@@ -95,6 +99,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let limits = cfg.conn_limits();
     let tracker = tokio_util::task::TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -116,32 +121,57 @@ pub async fn serve(
             seen.store(true, Ordering::Relaxed);
             bal.clone().handle(peer, req)
         });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
+        let (io, activity) = Watched::new(stream);
+        let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tracker.spawn(async move {
             let _slot = permit;
-            let mut conn = std::pin::pin!(conn);
-            if let Some(stop) = stop {
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = stop.cancelled() => {}
-                }
-                // A connection accepted just before the stop may carry a
-                // request not read yet: closing it now would fail that
-                // request, so it gets its first request served (within a
-                // bound) before it closes.
-                let first = Instant::now() + FIRST_REQUEST_GRACE;
-                while !asked.load(Ordering::Relaxed) && Instant::now() < first {
+            let mut conn = Box::pin(conn);
+            // Dropping the connection closes the socket (and an upgraded
+            // tunnel with it): a silent or non-reading client costs its
+            // slot for a bounded time.
+            let expired = activity.expired(limits);
+            let mut expired = std::pin::pin!(expired);
+            'serve: {
+                if let Some(stop) = stop {
                     tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        _ = conn.as_mut() => break 'serve,
+                        _ = expired.as_mut() => return,
+                        _ = stop.cancelled() => {}
                     }
+                    // A connection accepted just before the stop may carry
+                    // a request not read yet: closing it now would fail
+                    // that request, so it gets its first request served
+                    // (within a bound) before it closes.
+                    let first = Instant::now() + FIRST_REQUEST_GRACE;
+                    while !asked.load(Ordering::Relaxed) && Instant::now() < first {
+                        tokio::select! {
+                            _ = conn.as_mut() => break 'serve,
+                            _ = expired.as_mut() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        }
+                    }
+                    // Finish the request in progress, then close.
+                    conn.as_mut().graceful_shutdown();
                 }
-                // Finish the request in progress, then close.
-                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = expired.as_mut() => return,
+                }
             }
-            let _ = conn.await;
+            // The connection (and the socket, unless an upgrade took it).
+            drop(conn);
+            // An upgraded connection's socket lives on in its tunnel task:
+            // keep watching it (and holding its slot) until the tunnel
+            // ends, and cut it if it goes quiet or stops reading.
+            while Arc::strong_count(&activity) > 1 {
+                tokio::select! {
+                    _ = expired.as_mut() => {
+                        activity.cut();
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
         });
     };
     loop {

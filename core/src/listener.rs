@@ -82,13 +82,19 @@ impl ConnLimits {
 }
 
 /// When a connection last made progress, and since when a write has been
-/// waiting for the client to read.
-struct Activity {
+/// waiting for the client to read: the watchdog of every public listener,
+/// this module's and the balancer's own accept loop alike.
+pub struct Activity {
     born: Instant,
     /// Milliseconds since `born`.
     last_progress: AtomicU64,
     /// Milliseconds since `born` + 1 when a write is blocked; 0 when not.
     write_blocked: AtomicU64,
+    /// Set by [`Activity::cut`]: the socket fails every read and write.
+    cut: std::sync::atomic::AtomicBool,
+    /// The tasks last polling the socket, woken by a cut.
+    reader: futures::task::AtomicWaker,
+    writer: futures::task::AtomicWaker,
 }
 
 impl Activity {
@@ -118,8 +124,23 @@ impl Activity {
         }
     }
 
-    /// Resolves when the connection has been idle or stalled too long.
-    async fn expired(&self, limits: ConnLimits) {
+    /// Makes the socket fail every read and write from now on, waking
+    /// whoever waits on it: for a socket the watchdog no longer owns (an
+    /// upgraded connection's tunnel), whose task cannot just be dropped.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection has been idle (`limits.idle_timeout`)
+    /// or a write has waited for the client (`limits.send_timeout`) too
+    /// long; the caller then drops the connection.
+    pub async fn expired(&self, limits: ConnLimits) {
         let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
         loop {
@@ -137,10 +158,39 @@ impl Activity {
     }
 }
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connection cut by its watchdog (idle or not reading)",
+    )
+}
+
 /// A socket that reports its progress to an [`Activity`].
-struct Watched {
+pub struct Watched {
     io: TcpStream,
     activity: Arc<Activity>,
+}
+
+impl Watched {
+    /// `stream`, watched: serve the first, race the second's
+    /// [`Activity::expired`] against the connection.
+    pub fn new(stream: TcpStream) -> (Watched, Arc<Activity>) {
+        let activity = Arc::new(Activity {
+            born: Instant::now(),
+            last_progress: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
+            cut: Default::default(),
+            reader: Default::default(),
+            writer: Default::default(),
+        });
+        (
+            Watched {
+                io: stream,
+                activity: activity.clone(),
+            },
+            activity,
+        )
+    }
 }
 
 impl AsyncRead for Watched {
@@ -149,6 +199,10 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.activity.reader.register(cx.waker());
+        if self.activity.is_cut() {
+            return Poll::Ready(Err(timed_out()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -164,6 +218,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.activity.writer.register(cx.waker());
+        if self.activity.is_cut() {
+            return Poll::Ready(Err(timed_out()));
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         self.activity.wrote(&r);
         r
@@ -174,6 +232,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.activity.writer.register(cx.waker());
+        if self.activity.is_cut() {
+            return Poll::Ready(Err(timed_out()));
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.activity.wrote(&r);
         r
@@ -223,15 +285,7 @@ pub async fn serve_limited(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity {
-            born: Instant::now(),
-            last_progress: AtomicU64::new(0),
-            write_blocked: AtomicU64::new(0),
-        });
-        let io = Watched {
-            io: stream,
-            activity: activity.clone(),
-        };
+        let (io, activity) = Watched::new(stream);
         let svc =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {

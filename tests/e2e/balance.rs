@@ -576,7 +576,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 async fn hostile_clients_are_refused_or_cut_and_the_balancer_keeps_serving() {
     let a = Origin::start("a").await;
     let cfg = format!(
-        "[balance]\nheader_read_timeout = \"500ms\"\n[balance.pools.default]\nbackends = [\"{}\"]\n",
+        "[balance]\nheader_read_timeout = \"500ms\"\nfirst_byte_timeout = \"500ms\"\nidle_timeout = \"500ms\"\nclient_idle_timeout = \"1s\"\nsend_timeout = \"500ms\"\n[balance.pools.default]\nbackends = [\"{}\"]\n",
         a.url()
     );
     let bal = Balance::start(&[], Some(&cfg)).await;
@@ -620,6 +620,48 @@ async fn hostile_clients_are_refused_or_cut_and_the_balancer_keeps_serving() {
     };
     assert!(cut, "an idle connection is closed (or answered 408)");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A client that asks for 64 MiB and reads none of it is disconnected
+    // after send_timeout: what it can read afterwards is what the kernel's
+    // buffers held, then the end.
+    let mut sink = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    sink.write_all(b"GET /?size=67108864 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), sink.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended && got < 64 << 20,
+        "a client that stopped reading is cut: read {got} bytes, ended {ended}"
+    );
+    // A tunnel (upgrade) gone quiet is closed after client_idle_timeout.
+    let mut ws = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("upgrade");
+    let n = ws.read(&mut buf).await.expect("101");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let t = Instant::now();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "a silent tunnel is closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(800) && t.elapsed() < Duration::from_secs(4),
+        "closed after client_idle_timeout (1 s): {:?}",
+        t.elapsed()
+    );
     // And it still serves.
     let r = reqwest::get(format!("http://{addr}/"))
         .await
