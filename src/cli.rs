@@ -211,6 +211,11 @@ pub struct GenAccessArgs {
     /// dead-letter path; poison records are counted apart.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
     pub poison_every: Option<u64>,
+    /// Write the records to FILE (one `key<TAB>value` line each, as `kcat -P
+    /// -K '\t' -l FILE` reads them) instead of producing them: the same
+    /// payloads for another producer, e.g. in bench/producer.
+    #[arg(long, value_name = "FILE")]
+    pub write_to: Option<PathBuf>,
 }
 
 /// `weir dlq …`.

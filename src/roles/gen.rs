@@ -303,6 +303,49 @@ async fn produce_one(
     }
 }
 
+/// The records `run` would produce, as `key<TAB>value` lines (encoded JSON
+/// never holds a raw tab or newline), with their totals.
+fn write_records(spec: &GenSpec, path: &std::path::Path) -> anyhow::Result<GenTotals> {
+    use std::io::Write;
+    let started = Instant::now();
+    let pop = Popularity::new(spec.objects);
+    let mut rng = Rng(spec.seed);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut totals = GenTotals {
+        topic: format!("file:{}", path.display()),
+        ..GenTotals::default()
+    };
+    for i in 0..spec.count {
+        if spec.poison_every.is_some_and(|n| (i + 1) % n == 0) {
+            writeln!(out, "poison-{i}\tpoison record {i}: not JSON")?;
+            totals.poison += 1;
+            continue;
+        }
+        let ev = event_at(spec, &pop, i, &mut rng);
+        let bytes = weir_schemas::encode(&ev)
+            .map_err(|e| anyhow::anyhow!("generated an invalid event: {e}"))?;
+        anyhow::ensure!(
+            !bytes.contains(&b'\n') && !bytes.contains(&b'\t'),
+            "an encoded event holds a raw tab or newline"
+        );
+        out.write_all(ev.node_id.as_bytes())?;
+        out.write_all(b"\t")?;
+        out.write_all(&bytes)?;
+        out.write_all(b"\n")?;
+        let minute = minute_of(ev.ts).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let m = totals.per_minute.entry(minute).or_default();
+        m.requests += 1;
+        m.bytes += ev.bytes_sent;
+        totals.events += 1;
+        totals.bytes += ev.bytes_sent;
+    }
+    out.flush()?;
+    totals.requests = totals.events;
+    totals.elapsed_secs = started.elapsed().as_secs_f64();
+    totals.rate_per_sec = (totals.events + totals.poison) as f64 / totals.elapsed_secs.max(1e-9);
+    Ok(totals)
+}
+
 /// `weir gen access`: produces synthetic access events and prints totals.
 pub async fn command(
     cfg: &Config,
@@ -328,6 +371,12 @@ pub async fn command(
         span: a.span,
         poison_every: a.poison_every,
     };
+    if let Some(path) = &a.write_to {
+        let totals = write_records(&spec, path)
+            .with_context(|| format!("writing the records to {}", path.display()))?;
+        println!("{}", serde_json::to_string(&totals)?);
+        return Ok(());
+    }
     let producer = std::sync::Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
     super::require_topic(&producer, &cfg.topics.access, "topics.access").await?;
     let totals = run(spec, &cfg.topics.access, producer.clone(), shutdown).await?;
@@ -379,6 +428,45 @@ mod tests {
             "top {} median {}",
             counts[0],
             sorted[sorted.len() / 2]
+        );
+    }
+
+    #[test]
+    fn written_records_are_the_produced_ones_one_per_line() {
+        let mut s = spec();
+        s.count = 500;
+        s.poison_every = Some(100);
+        let dir = std::env::temp_dir().join(format!("weir-gen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("records.tsv");
+        let totals = write_records(&s, &path).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(text.lines().count(), 500);
+        assert_eq!((totals.events, totals.poison), (495, 5));
+        let pop = Popularity::new(s.objects);
+        let mut rng = Rng(s.seed);
+        let mut events = 0u64;
+        for (i, line) in text.lines().enumerate() {
+            let (key, value) = line.split_once('\t').expect("key<TAB>value");
+            if (i as u64 + 1) % 100 == 0 {
+                assert!(key.starts_with("poison-"), "{line}");
+                continue;
+            }
+            let ev: AccessEvent =
+                weir_schemas::decode(Some(value.as_bytes())).expect("a valid event");
+            assert_eq!(
+                ev,
+                event_at(&s, &pop, i as u64, &mut rng),
+                "as `run` makes it"
+            );
+            assert_eq!(key, ev.node_id);
+            events += 1;
+        }
+        assert_eq!(events, totals.events);
+        assert_eq!(
+            totals.per_minute.values().map(|m| m.requests).sum::<u64>(),
+            events
         );
     }
 }
