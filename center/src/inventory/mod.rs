@@ -89,7 +89,11 @@ pub fn routes(auth: Arc<AdminAuth>) -> Router<CenterState> {
             axum::routing::patch(update).delete(decommission),
         )
         .route_layer(axum::middleware::from_fn_with_state(auth, require_admin));
-    reads.merge(writes).layer(DefaultBodyLimit::max(MAX_BODY))
+    reads
+        .merge(writes)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Outermost: the auth layer's refusals come out as problems too.
+        .layer(axum::middleware::from_fn(problem::as_problem))
 }
 
 /// The strong ETag of a version.

@@ -281,13 +281,26 @@ pub async fn decommission(
     id: &str,
     version: Option<i64>,
 ) -> Result<Option<i64>, sqlx::Error> {
+    if let Some(v) = version.filter(|v| *v > 0) {
+        return sqlx::query_scalar(
+            "UPDATE server_inventory SET status = 'decommissioned', decommissioned_at = now(), \
+             updated_at = now(), version = version + 1 \
+             WHERE node_id = $1 AND status = 'active' AND version = $2 RETURNING version",
+        )
+        .bind(id)
+        .bind(v)
+        .fetch_optional(pool)
+        .await;
+    }
+    // No row yet (version 0: it only ever reported), or no version asked
+    // for: an upsert. With version 0 asked for, a row created meanwhile
+    // wins (the conflict updates nothing).
     sqlx::query_scalar(
         "INSERT INTO server_inventory (node_id, status, decommissioned_at) \
-         SELECT $1, 'decommissioned', now() WHERE $2::bigint IS NULL OR $2 = 0 \
+         VALUES ($1, 'decommissioned', now()) \
          ON CONFLICT (node_id) DO UPDATE SET status = 'decommissioned', \
            decommissioned_at = now(), updated_at = now(), version = server_inventory.version + 1 \
-         WHERE server_inventory.status = 'active' \
-           AND ($2::bigint IS NULL OR server_inventory.version = $2) \
+         WHERE server_inventory.status = 'active' AND $2::bigint IS NULL \
          RETURNING version",
     )
     .bind(id)
