@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use weir_testkit::{eventually, free_addr, unique, Proc, TestWorld};
 
 use crate::auth::Keys;
-use crate::{answer, client, get_json, weir, Center};
+use crate::{answer, client, get_json, weir, weir_output, Center};
 
 const MERGE: &str = "application/merge-patch+json";
 
@@ -683,4 +683,49 @@ async fn hostile_input_gets_a_clear_4xx_never_a_500() {
     // The center still answers.
     let (s, _, _) = api.get(&id).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_shows_patches_and_removes() {
+    let world = TestWorld::create(1).await;
+    let api = Api::start(&world).await;
+    let id = unique("inv-cli");
+    let center = format!("http://{}", api.center.addr);
+    let run = |args: &[&str], token: &str| {
+        let mut all = vec!["servers", "--center", center.as_str(), "--token", token];
+        all.extend_from_slice(args);
+        let out = weir_output(&all, [("WEIR_LOG_LEVEL", "warn")]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let body = json!({"id": id, "name": "cli 1"}).to_string();
+    let (code, _, err) = run(&["add", &body], &api.read);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("403"), "{err}");
+    let (code, out, err) = run(&["add", &body], &api.admin);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"version\":1"), "{out}");
+    let (code, _, err) = run(&["show", &id], &api.read);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("ETag \"1\""), "{err}");
+    let (code, _, err) = run(
+        &["patch", &id, "--if-match", "1", r#"{"name":"a\u0000"}"#],
+        &api.admin,
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("field name"), "{err}");
+    let (code, out, err) = run(
+        &["patch", &id, "--if-match", "1", r#"{"owner":"ops"}"#],
+        &api.admin,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"owner\":\"ops\""), "{out}");
+    let (code, _, err) = run(&["rm", &id], &api.admin);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["list", "status=decommissioned"], &api.read);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&id), "{out}");
 }
