@@ -62,6 +62,8 @@ pub enum Command {
     /// Admin tokens: make or rotate the signing key, issue a token.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// The server inventory, through a center's API (docs/inventory.md).
+    Servers(ServersArgs),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -73,7 +75,7 @@ impl Command {
     pub fn uses_kafka(&self) -> bool {
         !matches!(
             self,
-            Command::Center(_) | Command::Config | Command::Auth(_)
+            Command::Center(_) | Command::Config | Command::Auth(_) | Command::Servers(_)
         )
     }
 }
@@ -115,6 +117,63 @@ pub enum TokenScope {
     Admin,
     /// Read-only endpoints.
     Read,
+}
+
+/// `weir servers …`: a thin client of `/api/v1/servers`; it prints the
+/// center's JSON and fails with the problem's detail on a refusal.
+#[derive(Debug, Args)]
+pub struct ServersArgs {
+    /// The center (default: http:// + center.addr).
+    #[arg(long, value_name = "URL", global = true)]
+    pub center: Option<String>,
+    /// A bearer token (`weir auth token`); writes need an admin one.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WEIR_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ServersAction,
+}
+
+/// `weir servers` actions.
+#[derive(Debug, Subcommand)]
+pub enum ServersAction {
+    /// List servers (`GET /api/v1/servers?QUERY`), e.g. `tag=edge&sort=-last_seen`.
+    List {
+        /// The query string, as the API takes it.
+        #[arg(default_value = "")]
+        query: String,
+    },
+    /// Show one server and its ETag.
+    Show {
+        /// Server id.
+        id: String,
+    },
+    /// Register a server from a JSON body (`{"id": …, "name": …}`).
+    Add {
+        /// The body.
+        json: String,
+    },
+    /// Apply a JSON merge patch, only if the server is still at VERSION.
+    Patch {
+        /// Server id.
+        id: String,
+        /// The version read (its ETag without quotes).
+        #[arg(long, value_name = "VERSION")]
+        if_match: i64,
+        /// The merge patch.
+        json: String,
+    },
+    /// Decommission a server (kept for history).
+    Rm {
+        /// Server id.
+        id: String,
+    },
 }
 
 /// `weir auth token`.
@@ -433,6 +492,7 @@ impl Cli {
             | Command::Topics(_)
             | Command::Config
             | Command::Gen(_)
+            | Command::Servers(_)
             | Command::Dlq(_) => {}
         }
     }

@@ -88,6 +88,7 @@ pub fn describe_metrics() {
     weir_core::http::describe_metrics();
     weir_producers::describe_metrics();
     weir_consumers::runtime::describe_metrics();
+    weir_consumers::health::describe_metrics();
     weir_lag::events::describe_metrics();
     weir_edge::events::describe_metrics();
     weir_center::describe_metrics();

@@ -220,6 +220,7 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
         .route("/", get(crate::page::index))
         .route("/assets/{name}", get(crate::page::asset))
         .merge(reads)
+        .merge(crate::inventory::routes(auth.clone()))
         .merge(auth_routes(auth))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -240,6 +241,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     state.shutdown = shutdown.clone();
     let feeder = tokio::spawn(feed_changes(state.clone(), shutdown.clone()));
+    let inventory = tokio::spawn(crate::inventory::sync_decommissioned(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let dashboard = tokio::spawn(crate::dashboard::run(
         state.clone(),
         state.push_interval,
@@ -267,6 +272,7 @@ pub async fn serve(
     shutdown.cancel();
     feeder.abort();
     dashboard.abort();
+    inventory.abort();
     info!("center stopped");
     res
 }

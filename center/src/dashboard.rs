@@ -491,6 +491,17 @@ impl Hub {
         }
     }
 
+    /// Drops a node from the model (a decommissioned server): snapshots no
+    /// longer show it. Pages already open keep its row until they reload
+    /// (deltas only carry rows that exist).
+    pub fn forget(&self, id: &str) {
+        let mut g = self.lock();
+        if g.nodes.remove(id).is_some() {
+            g.dirty.remove(id);
+            g.snapshot = None;
+        }
+    }
+
     /// The fleet as Redis has it: nodes with a live report, and nodes known
     /// (`last_ms`) whose report expired.
     pub fn reload(&self, live: Vec<HealthEvent>, known: Vec<(String, i64)>) {

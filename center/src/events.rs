@@ -34,6 +34,29 @@ impl InternalEvent for DashboardDeltaSent {
     }
 }
 
+/// An operator wrote to the inventory (issue 12, M1).
+pub struct ServerChanged<'a> {
+    /// `created`, `patched` or `decommissioned`.
+    pub action: &'static str,
+    /// The server.
+    pub id: &'a str,
+    /// Its version after the write.
+    pub version: i64,
+}
+
+impl InternalEvent for ServerChanged<'_> {
+    fn emit(self) {
+        tracing::info!(
+            action = self.action,
+            server = self.id,
+            version = self.version,
+            "inventory changed"
+        );
+        metrics::counter!("weir_center_inventory_writes_total", "action" => self.action)
+            .increment(1);
+    }
+}
+
 /// Help text of the center's metrics.
 pub fn describe_metrics() {
     metrics::describe_gauge!(
@@ -47,5 +70,9 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "weir_center_dashboard_delta_bytes_total",
         "Bytes of the deltas the dashboard hub sent, counted once per delta"
+    );
+    metrics::describe_counter!(
+        "weir_center_inventory_writes_total",
+        "Inventory writes by operators, by action (created, patched, decommissioned)"
     );
 }

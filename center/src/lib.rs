@@ -11,6 +11,9 @@
 //! - [`uptime`]: uptime per node and per day from the health group's tables;
 //! - [`dashboard`]: the live model behind the page (fleet, pipeline), its
 //!   snapshot and its stream of merged deltas;
+//! - [`inventory`]: the server inventory (`/api/v1/servers`): operator
+//!   fields beside the health group's, versions and merge patches,
+//!   decommissioning;
 //! - [`page`]: the page at `/`, server-rendered (it works without
 //!   JavaScript) with its script and style embedded in the binary.
 #![warn(missing_docs)]
@@ -18,6 +21,7 @@
 pub mod api;
 pub mod dashboard;
 mod events;
+pub mod inventory;
 pub use events::describe_metrics;
 pub mod live;
 pub mod page;

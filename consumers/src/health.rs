@@ -1,6 +1,15 @@
 //! The health aggregator (`weir consume health`): latest state per node in
 //! Redis with an expiry, inventory and coverage sessions in PostgreSQL, and
 //! the uptime computed from them.
+//!
+//! Reports of a decommissioned server (issue 12, M1) are refused: `apply`
+//! looks the batch's nodes up in `server_inventory` (one indexed query per
+//! batch, in the batch's transaction) and writes nothing for them, and the
+//! Redis script checks the decommissioned set (`RedisKeys::decommissioned`)
+//! atomically with its write, so a batch that was already past `apply` when
+//! the server was decommissioned cannot bring it back into the fleet view.
+//! Each refused report is counted once per committed batch
+//! (`weir_health_reports_refused_total{reason="decommissioned"}`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +19,7 @@ use sqlx::PgConnection;
 use weir_schemas::HealthEvent;
 
 use crate::runtime::{Aggregator, Applied, Record};
-use weir_core::RedisHandle;
+use weir_core::{InternalEvent, RedisHandle};
 use weir_schemas::RedisKeys;
 
 pub use weir_schemas::health::EXPIRY_INTERVALS;
@@ -18,7 +27,11 @@ pub use weir_schemas::health::EXPIRY_INTERVALS;
 /// Sets a node's live state only if it is not older than what Redis already
 /// has (a slow member finishing an old batch must not roll the state back),
 /// records its last-seen time in the index, and announces the change.
+/// A decommissioned node (member of `KEYS[3]`) is left alone: returns 2.
 const PUBLISH_SCRIPT: &str = r#"
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  return 2
+end
 local cur = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if cur and tonumber(cur) > tonumber(ARGV[2]) then
   return 0
@@ -115,10 +128,22 @@ impl Aggregator for HealthAggregator {
     const ROLE: &'static str = "health";
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Record<HealthEvent>]) -> Applied {
+        // Decommissioned servers' reports are refused: nothing of them is
+        // written (they are counted in `publish`, once the batch committed).
+        let mut seen: Vec<&str> = batch.iter().map(|r| r.event.node_id.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let refused: Vec<String> = sqlx::query_scalar(
+            "SELECT node_id FROM server_inventory \
+             WHERE status = 'decommissioned' AND node_id = ANY($1)",
+        )
+        .bind(&seen)
+        .fetch_all(&mut *tx)
+        .await?;
         // Pre-aggregate per node: one upsert statement may not touch the same
         // row twice.
         let mut nodes: HashMap<&str, NodeBatch<'_>> = HashMap::new();
-        for r in batch {
+        for r in batch.iter().filter(|r| !refused.contains(&r.event.node_id)) {
             let ev = &r.event;
             let e = nodes.entry(ev.node_id.as_str()).or_insert(NodeBatch {
                 first: ev.ts,
@@ -132,6 +157,9 @@ impl Aggregator for HealthAggregator {
                 e.latest = ev;
             }
             e.events.push(ev);
+        }
+        if nodes.is_empty() {
+            return Ok(());
         }
         let ids: Vec<String> = nodes.keys().map(|s| s.to_string()).collect();
 
@@ -226,20 +254,24 @@ impl Aggregator for HealthAggregator {
     }
 
     async fn publish(&self, batch: &[Record<HealthEvent>]) -> Applied {
-        let mut latest: HashMap<&str, &HealthEvent> = HashMap::new();
+        let mut latest: HashMap<&str, (&HealthEvent, u64)> = HashMap::new();
         for r in batch {
-            let e = latest.entry(r.event.node_id.as_str()).or_insert(&r.event);
-            if (r.event.ts, r.event.seq) >= (e.ts, e.seq) {
-                *e = &r.event;
+            let e = latest
+                .entry(r.event.node_id.as_str())
+                .or_insert((&r.event, 0));
+            e.1 += 1;
+            if (r.event.ts, r.event.seq) >= (e.0.ts, e.0.seq) {
+                e.0 = &r.event;
             }
         }
+        let latest: Vec<(&str, (&HealthEvent, u64))> = latest.into_iter().collect();
         let mut conn = self.redis.conn().await?;
         let now = Utc::now();
         let mut pipe = redis::pipe();
         // Load the script in the same round trip: EVALSHA inside a pipeline
         // has no fallback, and a restarted Redis has forgotten every script.
         pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
-        for (id, ev) in latest {
+        for &(id, (ev, _)) in &latest {
             let expiry = ev.interval_ms as i64 * EXPIRY_INTERVALS;
             let age = (now - ev.ts).num_milliseconds().max(0);
             let ttl = (expiry - age).max(0);
@@ -248,6 +280,7 @@ impl Aggregator for HealthAggregator {
                 self.script
                     .key(self.keys.node(id))
                     .key(self.keys.nodes())
+                    .key(self.keys.decommissioned())
                     .arg(id)
                     .arg(ev.ts.timestamp_millis())
                     .arg(json)
@@ -255,9 +288,49 @@ impl Aggregator for HealthAggregator {
                     .arg(self.keys.health_channel()),
             );
         }
-        let _: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let results: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let refused: u64 = latest
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| **r == 2)
+            .map(|((_, (_, n)), _)| n)
+            .sum();
+        if refused > 0 {
+            ReportsRefused {
+                reason: "decommissioned",
+                reports: refused,
+            }
+            .emit();
+        }
         Ok(())
     }
+}
+
+/// Reports of a node the health group will not take (a decommissioned
+/// server), counted once per committed batch.
+struct ReportsRefused {
+    reason: &'static str,
+    reports: u64,
+}
+
+impl InternalEvent for ReportsRefused {
+    fn emit(self) {
+        tracing::debug!(
+            reason = self.reason,
+            reports = self.reports,
+            "health reports refused"
+        );
+        metrics::counter!("weir_health_reports_refused_total", "reason" => self.reason)
+            .increment(self.reports);
+    }
+}
+
+/// Help text of the health group's own metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "weir_health_reports_refused_total",
+        "Health reports the health group refused, by reason (decommissioned: the server was decommissioned in the inventory)"
+    );
 }
 
 #[cfg(test)]

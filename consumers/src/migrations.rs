@@ -1,5 +1,6 @@
 //! Schema migrations, one set per owner of tables: the runtime
-//! (`consumer_offsets`), the health aggregator (`servers`, `node_sessions`)
+//! (`consumer_offsets`), the health aggregator (`servers`, `node_sessions`,
+//! and `server_inventory`, the operators' side that it reads per batch)
 //! and the access aggregator (`access_minute`).
 //!
 //! Several migrators share one database and one `_sqlx_migrations` table, so

@@ -73,6 +73,16 @@ impl RedisKeys {
         format!("{}:lag:signals", self.prefix)
     }
 
+    /// Set of decommissioned server ids (issue 12, M1), written by the
+    /// center when a server is decommissioned (PostgreSQL's
+    /// `server_inventory` is the truth; the center copies it here at
+    /// start). The health group's Redis script checks it atomically with its
+    /// write, so a decommissioned node never re-enters the fleet view that
+    /// the center, the dashboard and the balancer read.
+    pub fn decommissioned(&self) -> String {
+        format!("{}:decommissioned", self.prefix)
+    }
+
     /// Marks one revoked admin token (`weir-auth`): its issuer and `jti`,
     /// expiring when the token could no longer be accepted anyway.
     pub fn auth_revoked(&self, issuer: &str, jti: &str) -> String {

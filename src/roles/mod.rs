@@ -14,6 +14,7 @@ pub mod edge;
 pub mod gen;
 pub mod ingest;
 pub mod lag;
+mod servers;
 pub mod topics;
 mod up;
 
@@ -96,6 +97,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Topics(_)
             | Command::Config
             | Command::Auth(_)
+            | Command::Servers(_)
             | Command::Dlq(_)
             | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
@@ -155,6 +157,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Auth(AuthCommand::Keygen(a)) => auth::keygen(&cfg, &a),
         Command::Auth(AuthCommand::Token(a)) => auth::token(&cfg, &a),
+        Command::Servers(a) => servers::servers(&cfg, a).await,
         Command::Config => {
             print!("{}", cfg.to_toml_masked()?);
             Ok(())

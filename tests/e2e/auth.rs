@@ -13,14 +13,15 @@ use weir_testkit::{eventually, unique, PrivateService, TestWorld};
 
 use crate::{answer, client, weir_ok, weir_output, Center, Edge};
 
-/// A key file of the test's own, made with `weir auth keygen`.
-struct Keys {
+/// A key file of the test's own, made with `weir auth keygen` (the
+/// inventory tests use it too).
+pub(crate) struct Keys {
     dir: PathBuf,
     file: PathBuf,
 }
 
 impl Keys {
-    fn new(extra: &[&str]) -> Keys {
+    pub(crate) fn new(extra: &[&str]) -> Keys {
         let dir = std::env::temp_dir().join(unique("weir-auth-e2e"));
         let file = dir.join("keys.json");
         let mut args = vec![
@@ -35,12 +36,12 @@ impl Keys {
         Keys { dir, file }
     }
 
-    fn env(&self) -> (String, String) {
+    pub(crate) fn env(&self) -> (String, String) {
         ("WEIR_AUTH_KEY_FILE".into(), self.file.display().to_string())
     }
 
     /// `weir auth token`: the token (last line) and its jti (from stderr).
-    fn token(&self, subject: &str, scope: &str, ttl: &str) -> (String, String) {
+    pub(crate) fn token(&self, subject: &str, scope: &str, ttl: &str) -> (String, String) {
         let out = weir_output(
             &[
                 "auth",

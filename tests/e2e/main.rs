@@ -20,6 +20,7 @@
 //!   promtool         `promtool check metrics` on every role, `check config` on deploy/
 //!   hostile          hostile input and faults from the outside (issue 9)
 //!   ingest           `weir ingest`: agents over HTTP, Kafka stopped, hostile bodies
+//!   inventory        `/api/v1/servers`: CRUD, ETag/If-Match, 50 concurrent writers, decommissioning, hostile input
 //!
 //! The helpers here are the ones every module needs: the binary, running it
 //! to completion, a center, an ingest gateway, and an edge process with its
@@ -36,6 +37,7 @@ mod edge_limiter;
 mod health;
 mod hostile;
 mod ingest;
+mod inventory;
 mod lag;
 mod lag_closed_loop;
 mod lag_export;
