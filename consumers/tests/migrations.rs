@@ -25,7 +25,8 @@ async fn a_database_migrated_before_the_split_upgrades_and_owners_coexist() {
     old.migrations = old
         .migrations
         .iter()
-        .chain(migrations::access().iter())
+        // Access's first version only: later ones came after the split.
+        .chain(migrations::access().iter().take(1))
         .cloned()
         .collect::<Vec<_>>()
         .into();
@@ -46,7 +47,10 @@ async fn a_database_migrated_before_the_split_upgrades_and_owners_coexist() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 4, "health, access, runtime, example: each once");
+    assert_eq!(
+        applied, 5,
+        "health, access (2), runtime, example: each once"
+    );
     let kept: i64 = sqlx::query_scalar("SELECT next_offset FROM consumer_offsets")
         .fetch_one(&pool)
         .await
