@@ -105,8 +105,10 @@ def run_members(a, role, psql, sum_sql, unit, services, res, wrap=(), stop_timeo
         # /proc/stat counts in USER_HZ too; it covers every CPU.
         busy = (m1[0] - m0[0]) / TCK
         cpu["machine total (all CPUs)"] = busy
+        # A service's share of itself (e.g. one database's backends within
+        # PostgreSQL, marked "(this run's …)") is not counted twice.
         cpu["other"] = busy - sum(v for k, v in cpu.items()
-                                  if k not in ("machine total (all CPUs)",))
+                                  if k != "machine total (all CPUs)" and "(this run's" not in k)
         res["cpu_s"] = cpu
         res["weir_threads_cpu_s"] = dict(sorted(threads.items(), key=lambda kv: -kv[1]))
         res["measured_s"] = end - t_start

@@ -82,7 +82,7 @@ def main() -> None:
             if k not in keys:
                 keys.append(k)
     order = [k for k in keys if k.startswith("weir")] + [
-        k for k in ("postgres", "kafka", "redis", "bench poller (python + psql)", "other",
+        k for k in ("postgres", "postgres (this run's backends)", "kafka", "redis", "bench poller (python + psql)", "other",
                     "machine total (all CPUs)") if k in keys]
     cols = [r for r in main_runs if "cpu_s" in r]
     print("| process | " + " | ".join(f"weir × {r['members']} ({r['measured_s']:.2f} s wall)" for r in cols) + " |")
@@ -150,6 +150,11 @@ def main() -> None:
               f"{f.get('minutes_differing')} of {f.get('minutes')} | {f.get('rows')} | {f.get('stored_offsets')} | "
               f"{' + '.join(str(x.get('applied')) for x in reps)} | {s('batches')} | {s('dead_lettered')} | "
               f"{s('fenced')} | {s('skipped')} | {s('store_errors')} | {r.get('redis_top_sum')} | {hwm} | {result} |")
+    print()
+    print("PostgreSQL's work on `access_minute` (pg_stat_user_tables): " + "; ".join(
+        f"{r.get('label')}: {f['tup_inserted']} inserted, {f['tup_updated']} updated "
+        f"({f['tup_hot_updated']} HOT)"
+        for r in results for f in [r.get("final", {})] if "tup_inserted" in f) + ".")
     if naive.get("seconds"):
         print()
         print(f"Naive consumer: {naive['sent']} statements sent, table sum(requests) = {naive['applied']}, "

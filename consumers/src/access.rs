@@ -138,6 +138,18 @@ pub fn rollup<'a>(
     out
 }
 
+/// [`rollup`] as rows sorted by the table's primary key (minute, node,
+/// object): PostgreSQL then walks the primary key's btree in order for the
+/// batch's upsert instead of jumping around it, and two transactions that
+/// touch the same rows lock them in the same order.
+pub fn rollup_rows<'a>(
+    events: impl IntoIterator<Item = &'a AccessEvent>,
+) -> Vec<(RollupKey<'a>, Rollup)> {
+    let mut rows: Vec<(RollupKey<'a>, Rollup)> = rollup(events).into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
 /// Writes access events into rollups and hot counters.
 pub struct AccessAggregator {
     redis: Arc<RedisHandle>,
@@ -157,7 +169,7 @@ impl Aggregator for AccessAggregator {
     const ROLE: &'static str = "access";
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Record<AccessEvent>]) -> Applied {
-        let rows = rollup(batch.iter().map(|r| &r.event));
+        let rows = rollup_rows(batch.iter().map(|r| &r.event));
         let n = rows.len();
         let mut minute = Vec::with_capacity(n);
         let mut node = Vec::with_capacity(n);
@@ -235,22 +247,17 @@ impl Aggregator for AccessAggregator {
         let mut pipe = redis::pipe();
         // MULTI/EXEC: a reader never sees half a batch's counters.
         pipe.atomic();
-        let mut minutes: Vec<i64> = Vec::new();
+        // Each minute's key is formatted once, not once per object (a
+        // batch touches a few minutes and thousands of objects).
+        let mut minute_keys: FxHashMap<i64, String> = FxHashMap::default();
         for ((minute, key), n) in top {
-            pipe.cmd("ZINCRBY")
-                .arg(self.keys.top_objects(minute))
-                .arg(n)
-                .arg(key)
-                .ignore();
-            if !minutes.contains(&minute) {
-                minutes.push(minute);
-            }
+            let zkey = minute_keys
+                .entry(minute)
+                .or_insert_with(|| self.keys.top_objects(minute));
+            pipe.cmd("ZINCRBY").arg(&*zkey).arg(n).arg(key).ignore();
         }
-        for m in minutes {
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.top_objects(m))
-                .arg(TOP_TTL_SECS)
-                .ignore();
+        for zkey in minute_keys.values() {
+            pipe.cmd("EXPIRE").arg(zkey).arg(TOP_TTL_SECS).ignore();
         }
         // Per node: its (second, count) pairs, then one script call that
         // adds them and trims the hash to the window.
@@ -337,6 +344,35 @@ mod tests {
         assert_eq!((b.stale, b.status), (1, [0, 0, 0, 1]));
         let totals: i64 = r.values().map(|x| x.requests).sum();
         assert_eq!(totals, 5);
+    }
+
+    #[test]
+    fn rows_are_the_rollup_sorted_by_the_primary_key() {
+        let evs = [
+            ev("n2", "b", 70, 200, CacheOutcome::Hit, 1, 1),
+            ev("n1", "b", 0, 200, CacheOutcome::Hit, 2, 1),
+            ev("n2", "a", 0, 200, CacheOutcome::Hit, 3, 1),
+            ev("n1", "a", 70, 200, CacheOutcome::Hit, 4, 1),
+            ev("n1", "b", 1, 200, CacheOutcome::Hit, 5, 1),
+        ];
+        let rows = rollup_rows(evs.iter());
+        let keys: Vec<(i64, &str, &str)> = rows
+            .iter()
+            .map(|(k, _)| (k.minute.timestamp(), k.node_id, k.object_key))
+            .collect();
+        let t0 = minute_of(evs[1].ts).timestamp();
+        assert_eq!(
+            keys,
+            [
+                (t0, "n1", "b"),
+                (t0, "n2", "a"),
+                (t0 + 60, "n1", "a"),
+                (t0 + 60, "n2", "b"),
+            ]
+        );
+        let map = rollup(evs.iter());
+        assert!(rows.iter().all(|(k, r)| map.get(k) == Some(r)));
+        assert_eq!(rows[0].1.bytes, 7, "n1/b's two events merged");
     }
 
     #[test]

@@ -166,7 +166,10 @@ pub(crate) fn check_id(field: &str, value: &str) -> Result<(), String> {
     if value.len() > MAX_ID_BYTES {
         return Err(format!("{field} is longer than {MAX_ID_BYTES} bytes"));
     }
-    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // Fast path: printable ASCII without space holds neither (nearly every
+    // identifier); anything else is checked character by character.
+    let plain = value.bytes().all(|b| b.is_ascii_graphic());
+    if !plain && value.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!(
             "{field} must not contain whitespace or control characters"
         ));
@@ -181,7 +184,10 @@ pub(crate) fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(
     if value.len() > max_bytes {
         return Err(format!("{field} is longer than {max_bytes} bytes"));
     }
-    if value.chars().any(char::is_control) {
+    // Fast path: printable ASCII (space included) holds no control
+    // character; anything else is checked character by character.
+    let plain = value.bytes().all(|b| matches!(b, b' '..=b'~'));
+    if !plain && value.chars().any(char::is_control) {
         return Err(format!("{field} must not contain control characters"));
     }
     Ok(())
@@ -258,6 +264,29 @@ impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::{check_id, check_text};
+
+    /// The ASCII fast paths decide as the character-by-character rule does,
+    /// for every character of the first planes (C0, DEL, C1, Latin-1 and
+    /// Unicode whitespace included), alone and inside plain text.
+    #[test]
+    fn fast_paths_agree_with_the_character_rules() {
+        let chars = (0u32..0x3100)
+            .chain([0xFEFF, 0x1F600])
+            .filter_map(char::from_u32);
+        for c in chars {
+            for s in [c.to_string(), format!("edge-{c}-01")] {
+                let id_ok = !s.chars().any(|c| c.is_control() || c.is_whitespace());
+                assert_eq!(check_id("f", &s).is_ok(), id_ok, "id {s:?}");
+                let text_ok = !s.chars().any(char::is_control);
+                assert_eq!(check_text("f", &s, 64).is_ok(), text_ok, "text {s:?}");
+            }
+        }
     }
 }
 

@@ -27,6 +27,10 @@ use super::rebalance::GroupContext;
 use super::retry::Backoff;
 use super::{Aggregator, ConsumerConfig, FailureClass, RunReport, RuntimeError, StoreError};
 
+/// Most records librdkafka prefetches per partition (`queued.min.messages`)
+/// whatever the batch size: 5 000 access events are about 2 MiB.
+const PREFETCH_MAX_RECORDS: usize = 5000;
+
 /// Logs progress every few seconds while records flow, so an operator
 /// watching a backlog drain sees its rate.
 struct Progress {
@@ -238,9 +242,15 @@ impl<A: Aggregator> GroupRuntime<A> {
             // 64 MiB (its defaults): on a 300 000-record backlog that was 130
             // of a member's 142 MiB heap (heaptrack). One batch's worth per
             // partition keeps the pipeline fed; the rdkafka map overrides it.
+            // Capped: a batch draws from every partition a member owns, so
+            // a large batch (merging more rows per transaction) does not
+            // need a large prefetch per partition.
             .set(
                 "queued.min.messages",
-                self.cfg.batch_max_records.to_string(),
+                self.cfg
+                    .batch_max_records
+                    .min(PREFETCH_MAX_RECORDS)
+                    .to_string(),
             )
             .set(
                 "queued.max.messages.kbytes",
