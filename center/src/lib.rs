@@ -11,6 +11,8 @@
 //! - [`uptime`]: uptime per node and per day from the health group's tables;
 //! - [`dashboard`]: the live model behind the page (fleet, pipeline), its
 //!   snapshot and its stream of merged deltas;
+//! - [`reports`]: `POST /api/v1/reports`, the manual trigger of the daily
+//!   report (admin);
 //! - [`page`]: the page at `/`, server-rendered (it works without
 //!   JavaScript) with its script and style embedded in the binary.
 #![warn(missing_docs)]
@@ -21,9 +23,11 @@ mod events;
 pub use events::describe_metrics;
 pub mod live;
 pub mod page;
+pub mod reports;
 pub mod uptime;
 
 pub use api::{router, serve, CenterConfig, CenterState};
 pub use dashboard::{DashboardTopics, Hub};
 pub use live::Change;
-pub use uptime::{DailyUptime, NodeUptime, UptimeQuery};
+pub use reports::ReportSink;
+pub use uptime::{DailyUptime, NodeCoverage, NodeUptime, UptimeQuery};

@@ -14,6 +14,7 @@ pub mod edge;
 pub mod gen;
 pub mod ingest;
 pub mod lag;
+mod report;
 pub mod topics;
 mod up;
 
@@ -29,7 +30,8 @@ use weir_core::RedisHandle;
 use weir_producers::EventProducer;
 
 use crate::cli::{
-    AuthCommand, Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, TopicsCommand,
+    AuthCommand, Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, ReportCommand,
+    TopicsCommand,
 };
 use crate::config::Config;
 use crate::telemetry;
@@ -97,6 +99,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             | Command::Config
             | Command::Auth(_)
             | Command::Dlq(_)
+            | Command::Report(ReportCommand::Send(_))
             | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
     if needs_metrics {
@@ -153,6 +156,13 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let (client, admin) = edge::bind(&cfg).await?;
             edge::run(&cfg, client, admin, Some(handle), shutdown).await
         }
+        Command::Mail(_) => {
+            let r = report::mail(&cfg, shutdown).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Report(ReportCommand::Send(a)) => report::send(&cfg, &a).await,
+        Command::Report(ReportCommand::Schedule) => report::schedule(&cfg, shutdown).await,
         Command::Auth(AuthCommand::Keygen(a)) => auth::keygen(&cfg, &a),
         Command::Auth(AuthCommand::Token(a)) => auth::token(&cfg, &a),
         Command::Config => {

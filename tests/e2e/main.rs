@@ -20,6 +20,8 @@
 //!   promtool         `promtool check metrics` on every role, `check config` on deploy/
 //!   hostile          hostile input and faults from the outside (issue 9)
 //!   ingest           `weir ingest`: agents over HTTP, Kafka stopped, hostile bodies
+//!   report           the daily uptime report: manual trigger, figures = uptime API, hostile bodies,
+//!                    400 days on a test clock with DST, two schedulers, SIGKILLed mailers
 //!
 //! The helpers here are the ones every module needs: the binary, running it
 //! to completion, a center, an ingest gateway, and an edge process with its
@@ -40,6 +42,7 @@ mod lag;
 mod lag_closed_loop;
 mod lag_export;
 mod promtool;
+mod report;
 mod security;
 mod topics_scale;
 
