@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -301,7 +301,10 @@ async fn a_manual_report_mails_each_recipient_once_with_the_uptime_apis_figures(
         (json!({"day": day.to_string(), "recipients": huge}), "body"),
     ];
     for (bad, field) in hostile {
-        let r = answer(http.post(&url).bearer_auth(&token).json(&bad)).await;
+        // A client of its own: the server closes a connection whose body it
+        // refused unread (413), and a pooled one would be reused after it.
+        let once = client(Duration::from_secs(15));
+        let r = answer(once.post(&url).bearer_auth(&token).json(&bad)).await;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
         assert!((400..500).contains(&status), "{field}: {status} {text}");
@@ -398,4 +401,147 @@ async fn a_manual_report_mails_each_recipient_once_with_the_uptime_apis_figures(
     })
     .await;
     let _ = std::fs::remove_dir_all(&keydir);
+}
+
+/// 400-odd days on a test clock running 10 days a second, in Europe/Berlin
+/// at 02:30 (a local time that does not exist once a year and exists twice
+/// once a year), with two schedulers and a mailer killed with SIGKILL every
+/// few seconds: each day is mailed to each recipient under exactly one
+/// Message-ID, and a second copy of a Message-ID only where a kill fell
+/// between the relay's acceptance and the mailer's record of it.
+#[tokio::test]
+async fn a_year_of_days_with_dst_two_schedulers_and_killed_mailers_mails_each_day_once() {
+    let started = Instant::now();
+    let world = TestWorld::create(1).await;
+    // The relay waits 10 ms after saving before its 250: kills land there.
+    let smtp = Smtp::start(10).await;
+    let epoch_ms = (Utc::now() + chrono::Duration::seconds(2)).timestamp_millis();
+    let fake_start = "2025-01-01T00:00:00Z";
+    let speed = 864_000.0; // 10 days per second
+    let mut env = world.env();
+    env.extend(
+        [
+            ("WEIR_REPORT_SCHEDULE", "true".to_string()),
+            ("WEIR_REPORT_TZ", "Europe/Berlin".into()),
+            ("WEIR_REPORT_AT", "02:30".into()),
+            (
+                "WEIR_REPORT_RECIPIENTS",
+                "ops@example.com,noc@example.org".into(),
+            ),
+            ("WEIR_REPORT_TICK", "20ms".into()),
+            ("WEIR_REPORT_FAKE_START", fake_start.into()),
+            ("WEIR_REPORT_FAKE_EPOCH_MS", epoch_ms.to_string()),
+            ("WEIR_REPORT_FAKE_SPEED", speed.to_string()),
+            ("WEIR_MAIL_SMTP_URL", smtp.url()),
+            ("WEIR_MAIL_TIMEOUT", "1s".into()),
+            ("WEIR_MAIL_LEASE", "2s".into()),
+            ("WEIR_MAIL_POLL", "100ms".into()),
+            ("WEIR_MAIL_RETRY_BACKOFF", "100ms".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut s1 = Proc::spawn("schedule-1", weir(), &["report", "schedule"], &env);
+    let mut s2 = Proc::spawn("schedule-2", weir(), &["report", "schedule"], &env);
+    let mut mailer = Proc::spawn("mail", weir(), &["mail"], &env);
+    // 400 days take 40 s of the test clock. Meanwhile the mailer is killed
+    // with SIGKILL whenever it has sent 25 mails since it (re)started, so
+    // every kill lands while it is sending; at most 6 kills.
+    let run_for = Duration::from_millis(2000 + 40_500);
+    let mut kills = 0u64;
+    let mut at_start = 0;
+    while started.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = smtp.mails().len();
+        if kills < 6 && n >= at_start + 25 {
+            mailer.kill9();
+            kills += 1;
+            at_start = smtp.mails().len();
+            mailer = Proc::spawn("mail", weir(), &["mail"], &env);
+        }
+    }
+    s1.terminate(Duration::from_secs(10));
+    s2.terminate(Duration::from_secs(10));
+    let pool = world.db.pool().await;
+    let days: Vec<NaiveDate> = sqlx::query_scalar("SELECT day FROM report_schedule ORDER BY day")
+        .fetch_all(&pool)
+        .await
+        .expect("schedule rows");
+    // Catch-up at start: the days that fired within 7 days before the
+    // clock's start (2024-12-24 fired 2024-12-25 02:30 CET, 6 d 22.5 h
+    // before); then every day.
+    let first = NaiveDate::from_ymd_opt(2024, 12, 24).expect("day");
+    assert_eq!(days.first(), Some(&first), "catch-up bounded to 7 days");
+    assert!(days.len() >= 400, "{} days", days.len());
+    for (i, d) in days.iter().enumerate() {
+        assert_eq!(
+            *d,
+            first + chrono::Duration::days(i as i64),
+            "days are contiguous"
+        );
+    }
+    // Both schedulers requested some days, neither requested one twice
+    // (the table's key), and the DST days are there.
+    let owners: i64 = sqlx::query_scalar("SELECT count(DISTINCT claimed_by) FROM report_schedule")
+        .fetch_one(&pool)
+        .await
+        .expect("owners");
+    assert!(owners >= 1);
+    for dst in ["2025-03-29", "2025-03-30", "2025-10-25", "2025-10-26"] {
+        let d: NaiveDate = dst.parse().expect("day");
+        assert!(days.contains(&d), "{dst}");
+    }
+    // Every delivery ends sent, then count at the relay.
+    let expected = days.len() * 2;
+    eventually(Duration::from_secs(90), "the outbox drained", || {
+        let pool = pool.clone();
+        async move {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM report_deliveries WHERE state <> 'sent'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            let all: i64 = sqlx::query_scalar("SELECT count(*) FROM report_deliveries")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (left == 0 && all as usize == expected).then_some(())
+        }
+    })
+    .await;
+    mailer.terminate(Duration::from_secs(10));
+    let mails = smtp.mails();
+    let mut per_id: BTreeMap<String, (usize, Vec<String>, String)> = BTreeMap::new();
+    for m in &mails {
+        let e =
+            per_id
+                .entry(m.message_id.clone())
+                .or_insert((0, m.rcpt.clone(), m.subject.clone()));
+        e.0 += 1;
+        assert_eq!(e.1, m.rcpt, "a Message-ID always goes to one recipient");
+        assert_eq!(e.2, m.subject, "a resend is the same mail");
+    }
+    assert_eq!(
+        per_id.len(),
+        expected,
+        "one Message-ID per day and recipient"
+    );
+    let mut per_day_rcpt = BTreeSet::new();
+    for (_, rcpt, subject) in per_id.values() {
+        assert!(
+            per_day_rcpt.insert((subject.clone(), rcpt.clone())),
+            "{subject} {rcpt:?} twice"
+        );
+    }
+    let copies = mails.len() - per_id.len();
+    assert!(
+        copies as u64 <= kills,
+        "{copies} second copies for {kills} kills: only a kill between 250 and the record makes one"
+    );
+    eprintln!(
+        "{} days, {} mails, {} Message-IDs, {copies} resent copies after {kills} kills, {owners} scheduler(s) won days, {:?}",
+        days.len(),
+        mails.len(),
+        per_id.len(),
+        started.elapsed()
+    );
 }
