@@ -4,7 +4,8 @@
 //! the uptime API's figures; admin only; hostile bodies refused naming the
 //! field; and 400-odd days on a fast test clock in Europe/Berlin (two DST
 //! changes) with two schedulers and a mailer killed with SIGKILL during
-//! sends mail each day once.
+//! sends mail each day once; a relay that is down gets the mail once it is
+//! back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -40,7 +41,11 @@ struct Mail {
 impl Smtp {
     /// Starts the server; `delay_ms` between saving a message and its 250.
     async fn start(delay_ms: u64) -> Smtp {
-        let addr = free_addr();
+        Self::start_on(free_addr(), delay_ms).await
+    }
+
+    /// [`Smtp::start`] on a given address.
+    async fn start_on(addr: SocketAddr, delay_ms: u64) -> Smtp {
         let dir = std::env::temp_dir().join(unique("weir-smtp"));
         let script = repo_root().join("tests/e2e/smtp_sink.py");
         let proc = Proc::spawn(
@@ -544,4 +549,62 @@ async fn a_year_of_days_with_dst_two_schedulers_and_killed_mailers_mails_each_da
         per_id.len(),
         started.elapsed()
     );
+}
+
+/// The relay down when the request comes: the delivery waits and is retried,
+/// and the mail arrives once the relay is up, exactly once.
+#[tokio::test]
+async fn a_relay_that_is_down_gets_the_mail_once_it_is_back() {
+    let world = TestWorld::create(1).await;
+    let relay = free_addr();
+    let mut env = world.env();
+    env.extend(
+        [
+            ("WEIR_MAIL_SMTP_URL", format!("smtp://{relay}")),
+            ("WEIR_MAIL_POLL", "200ms".into()),
+            ("WEIR_MAIL_RETRY_BACKOFF", "100ms".into()),
+            ("WEIR_MAIL_TIMEOUT", "1s".into()),
+            ("WEIR_MAIL_LEASE", "5s".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let _mail = Proc::spawn("mail", weir(), &["mail"], &env);
+    let day = (Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
+    weir_ok(
+        &["report", "send", "--day", &day, "--to", "ops@example.com"],
+        env.clone(),
+    );
+    let pool = world.db.pool().await;
+    // Refused while nothing listens: attempts pile up, nothing is sent.
+    eventually(Duration::from_secs(60), "failed attempts recorded", || {
+        let pool = pool.clone();
+        async move {
+            let r: Option<(i32, String)> = sqlx::query_as(
+                "SELECT attempts, state FROM report_deliveries WHERE recipient = 'ops@example.com'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten();
+            r.filter(|(a, s)| *a >= 2 && s == "pending").map(|_| ())
+        }
+    })
+    .await;
+    let smtp = Smtp::start_on(relay, 0).await;
+    let mails = eventually(
+        Duration::from_secs(60),
+        "the mail after the relay came up",
+        || {
+            let m = smtp.mails();
+            async move { (!m.is_empty()).then_some(m) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.mails().len(), 1, "{mails:#?}");
+    let state: String = sqlx::query_scalar("SELECT state FROM report_deliveries")
+        .fetch_one(&pool)
+        .await
+        .expect("state");
+    assert_eq!(state, "sent");
 }
