@@ -64,6 +64,12 @@ pub enum Command {
     Auth(AuthCommand),
     /// The server inventory, through a center's API (docs/inventory.md).
     Servers(ServersArgs),
+    /// Mail the uptime reports requested on the report topic, one mail per
+    /// request and recipient (a member of the `mail` consumer group).
+    Mail(MailArgs),
+    /// The daily uptime report: request one now, or run the schedule.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Print the effective configuration (defaults ← file ← environment) as
     /// TOML, passwords masked, after validating it.
     Config,
@@ -323,6 +329,41 @@ pub struct DlqReplayArgs {
     pub dry_run: bool,
 }
 
+/// `weir mail`.
+#[derive(Debug, Args)]
+pub struct MailArgs {
+    /// SMTP relay (overrides mail.smtp_url).
+    #[arg(long, value_name = "URL")]
+    pub smtp_url: Option<String>,
+}
+
+/// `weir report …`.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Request the report of a day (or of a range of days) now.
+    Send(ReportSendArgs),
+    /// Run the daily schedule alone (`weir center` runs it too when
+    /// report.schedule is set).
+    Schedule,
+}
+
+/// `weir report send`.
+#[derive(Debug, Args)]
+pub struct ReportSendArgs {
+    /// The day (YYYY-MM-DD), or the first of a range with --until.
+    #[arg(long, value_name = "DAY")]
+    pub day: chrono::NaiveDate,
+    /// Last day of a range (inclusive, at most 31 days).
+    #[arg(long, value_name = "DAY")]
+    pub until: Option<chrono::NaiveDate>,
+    /// Recipient (repeat for several; default report.recipients).
+    #[arg(long = "to", value_name = "ADDRESS")]
+    pub to: Vec<String>,
+    /// Time zone of the days (default report.tz).
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+}
+
 /// Options of a consumer member.
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -488,7 +529,13 @@ impl Cli {
             Command::Lag(LagCommand::Export(e)) => e.apply(cfg),
             Command::Auth(AuthCommand::Keygen(a)) => set_key_file(cfg, &a.key_file),
             Command::Auth(AuthCommand::Token(a)) => set_key_file(cfg, &a.key_file),
+            Command::Mail(a) => {
+                if let Some(u) = &a.smtp_url {
+                    cfg.mail.smtp_url = u.clone();
+                }
+            }
             Command::Lag(LagCommand::Advise(_))
+            | Command::Report(_)
             | Command::Topics(_)
             | Command::Config
             | Command::Gen(_)

@@ -23,6 +23,7 @@ use weir_producers::{AgentConfig, KafkaConfig};
 
 use weir_core::config::mask_url;
 pub use weir_core::config::{parse_addr, ConfigError};
+use weir_report::{MailConfig, ReportConfig};
 
 /// Topic names and how `weir topics ensure` creates them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub struct TopicsConfig {
     pub access: String,
     /// Dead-letter topic.
     pub dlq: String,
+    /// Report requests (`weir mail` consumes them).
+    pub report: String,
     /// Partitions of each topic when created.
     pub partitions: i32,
     /// Replication factor when created.
@@ -52,6 +55,7 @@ impl Default for TopicsConfig {
             health: weir_schemas::topics::HEALTH.into(),
             access: weir_schemas::topics::ACCESS.into(),
             dlq: weir_schemas::topics::DLQ.into(),
+            report: weir_schemas::topics::REPORT.into(),
             partitions: 6,
             replication: 1,
             retention: Duration::from_secs(7 * 86_400),
@@ -66,6 +70,7 @@ impl Validate for TopicsConfig {
             ("topics.health", &self.health),
             ("topics.access", &self.access),
             ("topics.dlq", &self.dlq),
+            ("topics.report", &self.report),
         ] {
             let valid = !name.is_empty()
                 && name.len() <= 249
@@ -249,6 +254,10 @@ pub struct Config {
     pub limiter: LimiterConfig,
     /// Admin tokens (center and edge).
     pub auth: AuthConfig,
+    /// The daily uptime report's schedule.
+    pub report: ReportConfig,
+    /// SMTP for `weir mail`.
+    pub mail: MailConfig,
 }
 
 /// Environment variables with the `WEIR_` prefix that are not configuration
@@ -302,6 +311,7 @@ impl Config {
         c.database.url = mask_url(&c.database.url);
         c.redis.url = mask_url(&c.redis.url);
         c.kafka = c.kafka.masked();
+        c.mail = c.mail.masked();
         if !c.s3.secret_access_key.is_empty() {
             c.s3.secret_access_key = "***".into();
         }
@@ -327,6 +337,8 @@ impl Config {
         self.lag.validate()?;
         self.limiter.validate()?;
         self.auth.validate()?;
+        self.report.validate()?;
+        self.mail.validate()?;
         // Across sections.
         if self.ingest.ack_timeout <= self.kafka.linger {
             // It becomes the gateway producer's message timeout, which

@@ -92,4 +92,5 @@ pub fn describe_metrics() {
     weir_lag::events::describe_metrics();
     weir_edge::events::describe_metrics();
     weir_center::describe_metrics();
+    weir_report::describe_metrics();
 }

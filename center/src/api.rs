@@ -8,7 +8,7 @@ use weir_core::config::{parse_addr, ConfigError, Validate};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -18,13 +18,14 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weir_auth::{auth_routes, require_read, AdminAuth};
+use weir_auth::{auth_routes, require_admin, require_read, AdminAuth};
 use weir_core::http::{track_metrics, ApiError};
 use weir_core::RedisHandle;
 use weir_schemas::{HealthEvent, RedisKeys};
 
 use crate::dashboard::{DashboardTopics, Hub};
 use crate::live::{feed_changes, stream, Change};
+use crate::reports::ReportSink;
 use crate::uptime::{NodeUptime, UptimeQuery};
 
 /// Settings of `weir center`.
@@ -112,6 +113,9 @@ pub struct CenterState {
     push_interval: Duration,
     /// Who may call admin endpoints (and reads, with `auth.protect_reads`).
     pub(crate) auth: Arc<AdminAuth>,
+    /// Where report requests go (`POST /api/v1/reports`); without it the
+    /// endpoint answers 503.
+    pub(crate) reports: Option<ReportSink>,
 }
 
 impl CenterState {
@@ -131,6 +135,7 @@ impl CenterState {
             )),
             push_interval: cfg.push_interval,
             auth: AdminAuth::unconfigured("center"),
+            reports: None,
         }
     }
 
@@ -139,6 +144,12 @@ impl CenterState {
     /// accident).
     pub fn with_auth(mut self, auth: Arc<AdminAuth>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// The same state taking report requests into `sink`.
+    pub fn with_reports(mut self, sink: ReportSink) -> Self {
+        self.reports = Some(sink);
         self
     }
 
@@ -215,12 +226,23 @@ pub fn router(state: CenterState, keepalive: Duration) -> Router {
             auth.clone(),
             require_read,
         ));
+    // Admin: a report request makes mail go out.
+    let admin = Router::new()
+        .route("/api/v1/reports", post(crate::reports::post_report))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::reports::MAX_BODY_BYTES,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            require_admin,
+        ));
     Router::new()
         // The page and its assets hold no fleet data: always open.
         .route("/", get(crate::page::index))
         .route("/assets/{name}", get(crate::page::asset))
         .merge(reads)
         .merge(crate::inventory::routes(auth.clone()))
+        .merge(admin)
         .merge(auth_routes(auth))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))

@@ -14,6 +14,8 @@
 //! - [`inventory`]: the server inventory (`/api/v1/servers`): operator
 //!   fields beside the health group's, versions and merge patches,
 //!   decommissioning;
+//! - [`reports`]: `POST /api/v1/reports`, the manual trigger of the daily
+//!   report (admin);
 //! - [`page`]: the page at `/`, server-rendered (it works without
 //!   JavaScript) with its script and style embedded in the binary.
 #![warn(missing_docs)]
@@ -25,9 +27,11 @@ pub mod inventory;
 pub use events::describe_metrics;
 pub mod live;
 pub mod page;
+pub mod reports;
 pub mod uptime;
 
 pub use api::{router, serve, CenterConfig, CenterState};
 pub use dashboard::{DashboardTopics, Hub};
 pub use live::Change;
-pub use uptime::{DailyUptime, NodeUptime, UptimeQuery};
+pub use reports::ReportSink;
+pub use uptime::{DailyUptime, NodeCoverage, NodeUptime, UptimeQuery};

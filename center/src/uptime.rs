@@ -47,7 +47,7 @@ pub struct DailyUptime {
 }
 
 /// A coverage interval `[start, end)`.
-type Span = (DateTime<Utc>, DateTime<Utc>);
+pub type Span = (DateTime<Utc>, DateTime<Utc>);
 
 /// A `servers` row as the uptime query reads it.
 type ServerRow = (
@@ -194,6 +194,101 @@ impl UptimeQuery<'_> {
     }
 }
 
+/// A node's uptime over a window with what a report shows beside it: the
+/// outages (the gaps between its coverage sessions inside the observed part
+/// of the window) and the reports of the sessions that touch the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCoverage {
+    /// Uptime exactly as `/api/v1/uptime` computes it for the same window.
+    pub uptime: NodeUptime,
+    /// Gaps `[start, end)` of the observed window not covered by reports.
+    pub outages: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Reports of the coverage sessions that overlap the window (a session
+    /// across midnight counts on both days: sessions are stored, single
+    /// reports are not).
+    pub reports: i64,
+}
+
+/// The gaps of `window` not covered by `sessions` (sorted by start).
+pub fn gaps(sessions: &[Span], window: Span) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut cursor = window.0;
+    for &(s, e) in sessions {
+        if s >= window.1 {
+            break;
+        }
+        if s > cursor {
+            out.push((cursor, s));
+        }
+        cursor = cursor.max(e);
+    }
+    if cursor < window.1 {
+        out.push((cursor, window.1));
+    }
+    out
+}
+
+impl UptimeQuery<'_> {
+    /// [`UptimeQuery::page`] with each node's outages and reports in the
+    /// window: what the daily report mails, from the same computation as
+    /// the uptime API so that the two always agree.
+    pub async fn coverage(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<NodeCoverage>, sqlx::Error> {
+        let nodes = self.page(from, to, None, after, limit).await?;
+        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        let sessions: Vec<(String, DateTime<Utc>, DateTime<Utc>, i64, DateTime<Utc>)> =
+            sqlx::query_as(
+                "SELECT node_id, started_at, ended_at, reports, now() FROM node_sessions \
+                 WHERE ended_at > $1 AND started_at < $2 AND node_id = ANY($3) \
+                 ORDER BY node_id, started_at",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(&ids)
+            .fetch_all(self.pool)
+            .await?;
+        let now: DateTime<Utc> = match sessions.first() {
+            Some(s) => s.4,
+            None => {
+                sqlx::query_scalar("SELECT now()")
+                    .fetch_one(self.pool)
+                    .await?
+            }
+        };
+        let mut by_node: HashMap<&str, (Vec<Span>, i64)> = HashMap::new();
+        for (n, s, e, r, _) in &sessions {
+            let entry = by_node.entry(n.as_str()).or_default();
+            entry.0.push((*s, *e));
+            entry.1 += r;
+        }
+        Ok(nodes
+            .iter()
+            .map(|n| {
+                let (spans, reports) = by_node
+                    .get(n.node_id.as_str())
+                    .map(|(s, r)| (s.as_slice(), *r))
+                    .unwrap_or((&[], 0));
+                let window = (from.max(n.first_seen), to.min(now));
+                let outages = if window.1 > window.0 {
+                    gaps(spans, window)
+                } else {
+                    Vec::new()
+                };
+                NodeCoverage {
+                    uptime: n.clone(),
+                    outages,
+                    reports,
+                }
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +310,16 @@ mod tests {
         // The future does not count either.
         let (_, o, _) = uptime_for(t(0), &[(t(0), t(30))], t(0), t(120), t(60));
         assert_eq!(o, 60.0);
+    }
+
+    #[test]
+    fn outages_are_the_gaps_between_sessions() {
+        let s = [(t(10), t(20)), (t(15), t(30)), (t(50), t(60))];
+        assert_eq!(
+            gaps(&s, (t(0), t(100))),
+            vec![(t(0), t(10)), (t(30), t(50)), (t(60), t(100))]
+        );
+        assert!(gaps(&[(t(0), t(100))], (t(10), t(90))).is_empty());
+        assert_eq!(gaps(&[], (t(0), t(5))), vec![(t(0), t(5))]);
     }
 }

@@ -11,7 +11,7 @@ KAFKA_LIBS="$STACK_DIR/kafka/libs"
 VENV="$STACK_DIR/venv"
 
 HOST=127.0.0.1
-SERVICES=(kafka redis postgres s3)
+SERVICES=(kafka redis postgres s3 smtp)
 KAFKA_PORT=19092
 KAFKA_CONTROLLER_PORT=19093
 # The shared broker's secured listeners (see docs/local-stack.md): SASL_SSL
@@ -25,6 +25,9 @@ KAFKA_SASL_PASSWORD=weir-secret
 REDIS_PORT=16379
 PG_PORT=15432
 S3_PORT=19000
+# The local SMTP relay of `weir mail` (WEIR_MAIL_SMTP_URL=smtp://127.0.0.1:2525):
+# Debian's python3-aiosmtpd, keeping every message in a maildir.
+SMTP_PORT=2525
 S3_BUCKET=weir
 
 say() { printf '%s\n' "$*" >&2; }
@@ -43,6 +46,7 @@ service_port() {
     redis) echo "$REDIS_PORT" ;;
     postgres) echo "$PG_PORT" ;;
     s3) echo "$S3_PORT" ;;
+    smtp) echo "$SMTP_PORT" ;;
     *) die "unknown service '$1' (expected: ${SERVICES[*]})" ;;
   esac
 }
@@ -229,7 +233,14 @@ ensure_service_deps() {
     redis) ensure_redis ;;
     postgres) ensure_postgres "$STACK_DIR/postgres/data" ;;
     s3) ensure_venv ;;
+    smtp) ensure_smtp ;;
   esac
+}
+
+# Debian's aiosmtpd, run by Debian's python3 (a pyenv python on PATH may not
+# see it).
+ensure_smtp() {
+  /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
 }
 
 # --------------------------------------------------------------------- probes
@@ -265,6 +276,10 @@ answers() {
       ;;
     s3)
       curl -s -o /dev/null -m 5 "http://$HOST:$port/"
+      ;;
+    smtp)
+      # The relay's greeting: "220 <host> ESMTP …".
+      [[ "$(timeout 5 bash -c "exec 3<>/dev/tcp/$HOST/$port && head -c 3 <&3" 2>/dev/null)" == 220 ]]
       ;;
   esac
 }

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod health;
 pub mod keys;
 pub mod lag;
+pub mod report;
 pub mod topics;
 
 pub use access::{AccessEvent, CacheOutcome};
@@ -23,3 +24,4 @@ pub use codec::{
 pub use health::{HealthEvent, InterfaceStats, IpAddresses, LoadAverage};
 pub use keys::RedisKeys;
 pub use lag::{LagSignal, LagStatus, LimiterState, TopicEnds, TopicOffsets};
+pub use report::{ReportKind, ReportRequest};

@@ -10,6 +10,9 @@ pub const ACCESS: &str = "weir.access.v1";
 /// Records that could not be decoded or validated, or that a store rejected
 /// (poison records), with the reason in headers.
 pub const DLQ: &str = "weir.dlq.v1";
+/// Requests for the daily uptime report (scheduled or manual), keyed by
+/// request id, consumed by `weir mail`.
+pub const REPORT: &str = "weir.report.v1";
 
 /// Headers set on every dead-letter record, so an operator can find the
 /// original record and replay it once the cause is fixed.

@@ -158,3 +158,30 @@ fn access_schema_matches_rust_type() {
         ],
     );
 }
+
+#[test]
+fn report_request_schema_matches_rust_type() {
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).expect("day");
+    let req = weir_schemas::ReportRequest {
+        schema_version: 1,
+        request_id: "daily-2026-12-01".into(),
+        kind: weir_schemas::ReportKind::Scheduled,
+        from: day,
+        to: day,
+        tz: "Europe/Berlin".into(),
+        recipients: vec!["ops@example.com".into()],
+        requested_at: Utc::now(),
+    };
+    check(
+        "report-request.v1.json",
+        &req,
+        &[
+            ("request_id", Value::String("a b".into())),
+            ("kind", Value::String("weekly".into())),
+            ("recipients", serde_json::json!([])),
+            ("recipients", serde_json::json!(["no-at-sign"])),
+            ("schema_version", serde_json::json!(0)),
+            ("from", Value::String("1999-12-31".into())),
+        ],
+    );
+}

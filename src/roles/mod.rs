@@ -15,6 +15,7 @@ pub mod gen;
 pub mod ingest;
 pub mod lag;
 mod servers;
+mod report;
 pub mod topics;
 mod up;
 
@@ -30,7 +31,8 @@ use weir_core::RedisHandle;
 use weir_producers::EventProducer;
 
 use crate::cli::{
-    AuthCommand, Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, TopicsCommand,
+    AuthCommand, Cli, Command, ConsumeCommand, DlqCommand, GenCommand, LagCommand, ReportCommand,
+    TopicsCommand,
 };
 use crate::config::Config;
 use crate::telemetry;
@@ -99,6 +101,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             | Command::Auth(_)
             | Command::Servers(_)
             | Command::Dlq(_)
+            | Command::Report(ReportCommand::Send(_))
             | Command::Lag(LagCommand::List(_) | LagCommand::Describe(_) | LagCommand::Advise(_))
     );
     if needs_metrics {
@@ -155,6 +158,13 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let (client, admin) = edge::bind(&cfg).await?;
             edge::run(&cfg, client, admin, Some(handle), shutdown).await
         }
+        Command::Mail(_) => {
+            let r = report::mail(&cfg, shutdown).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Report(ReportCommand::Send(a)) => report::send(&cfg, &a).await,
+        Command::Report(ReportCommand::Schedule) => report::schedule(&cfg, shutdown).await,
         Command::Auth(AuthCommand::Keygen(a)) => auth::keygen(&cfg, &a),
         Command::Auth(AuthCommand::Token(a)) => auth::token(&cfg, &a),
         Command::Servers(a) => servers::servers(&cfg, a).await,

@@ -21,7 +21,7 @@ pub struct Ensured {
     pub created: bool,
 }
 
-/// Creates the health, access and dead-letter topics when missing. Existing
+/// Creates the health, access, dead-letter and report topics when missing. Existing
 /// topics are left alone: changing partitions is a deliberate operation,
 /// never a side effect of starting a role.
 pub async fn ensure(kafka: &KafkaConfig, topics: &TopicsConfig) -> anyhow::Result<Vec<Ensured>> {
@@ -36,6 +36,7 @@ pub async fn ensure(kafka: &KafkaConfig, topics: &TopicsConfig) -> anyhow::Resul
         (topics.health.as_str(), retention.as_str()),
         (topics.access.as_str(), retention.as_str()),
         (topics.dlq.as_str(), dlq_retention.as_str()),
+        (topics.report.as_str(), retention.as_str()),
     ];
     let new: Vec<NewTopic<'_>> = specs
         .iter()

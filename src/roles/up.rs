@@ -54,6 +54,12 @@ pub async fn up(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tasks.spawn(async move { center(&c, listener, s).await.map(|_| "center".to_string()) });
     }
     {
+        // The mailer is cheap (idle until a report is requested); its
+        // relay is mail.smtp_url (`deploy/local/up` starts one).
+        let (c, s) = (for_role(cfg, "mail"), shutdown.clone());
+        tasks.spawn(async move { super::report::mail(&c, s).await.map(|_| "mail".to_string()) });
+    }
+    {
         // The edge's limiter follows the access group's lag.
         let (c, s) = (access.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -20,6 +20,8 @@ pub struct TestTopics {
     pub access: String,
     /// Dead-letter topic name.
     pub dlq: String,
+    /// Report request topic name.
+    pub report: String,
 }
 
 /// An admin client on `brokers`.
@@ -31,7 +33,8 @@ pub(crate) fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
 }
 
 impl TestTopics {
-    /// Creates health, access and dead-letter topics with `partitions`.
+    /// Creates health, access, dead-letter and report topics with
+    /// `partitions`.
     pub async fn create(stack: &Stack, partitions: i32) -> TestTopics {
         stack.require_kafka();
         let base = unique("t");
@@ -40,9 +43,10 @@ impl TestTopics {
             health: format!("{base}.health"),
             access: format!("{base}.access"),
             dlq: format!("{base}.dlq"),
+            report: format!("{base}.report"),
         };
         let admin = admin(&t.brokers);
-        let new: Vec<NewTopic<'_>> = [&t.health, &t.access, &t.dlq]
+        let new: Vec<NewTopic<'_>> = [&t.health, &t.access, &t.dlq, &t.report]
             .into_iter()
             .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
             .collect();
@@ -57,7 +61,7 @@ impl TestTopics {
             r.expect("topic created");
         }
         // Wait until metadata shows every partition with a leader.
-        for name in [&t.health, &t.access, &t.dlq] {
+        for name in [&t.health, &t.access, &t.dlq, &t.report] {
             let start = Instant::now();
             loop {
                 let md = admin
@@ -89,6 +93,7 @@ impl TestTopics {
             ("WEIR_TOPICS_HEALTH".into(), self.health.clone()),
             ("WEIR_TOPICS_ACCESS".into(), self.access.clone()),
             ("WEIR_TOPICS_DLQ".into(), self.dlq.clone()),
+            ("WEIR_TOPICS_REPORT".into(), self.report.clone()),
         ]
     }
 }
@@ -96,7 +101,12 @@ impl TestTopics {
 impl Drop for TestTopics {
     fn drop(&mut self) {
         let brokers = self.brokers.clone();
-        let names = [self.health.clone(), self.access.clone(), self.dlq.clone()];
+        let names = [
+            self.health.clone(),
+            self.access.clone(),
+            self.dlq.clone(),
+            self.report.clone(),
+        ];
         on_own_thread(move || async move {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let _ = admin(&brokers)

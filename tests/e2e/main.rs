@@ -21,6 +21,8 @@
 //!   hostile          hostile input and faults from the outside (issue 9)
 //!   ingest           `weir ingest`: agents over HTTP, Kafka stopped, hostile bodies
 //!   inventory        `/api/v1/servers`: CRUD, ETag/If-Match, 50 concurrent writers, decommissioning, hostile input
+//!   report           the daily uptime report: manual trigger, figures = uptime API, hostile bodies,
+//!                    400 days on a test clock with DST, two schedulers, SIGKILLed mailers
 //!
 //! The helpers here are the ones every module needs: the binary, running it
 //! to completion, a center, an ingest gateway, and an edge process with its
@@ -42,6 +44,7 @@ mod lag;
 mod lag_closed_loop;
 mod lag_export;
 mod promtool;
+mod report;
 mod security;
 mod topics_scale;
 
