@@ -14,8 +14,8 @@ pub mod edge;
 pub mod gen;
 pub mod ingest;
 pub mod lag;
-mod servers;
 mod report;
+mod servers;
 pub mod topics;
 mod up;
 

@@ -155,6 +155,40 @@ pub fn weir_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// Spawns a server with `env` plus the addresses `addrs` makes from fresh
+/// free ports, and returns it once its own log says it listens on all of
+/// them. A port found free can be taken by another test's process before
+/// this one binds it: then this one exits (and another server would answer
+/// on that port), so it is spawned again on new ports, up to five times.
+pub fn spawn_listening(
+    name: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    addrs: impl Fn() -> Vec<(&'static str, SocketAddr)>,
+) -> (Proc, Vec<SocketAddr>) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let picked = addrs();
+        let mut env = env.to_vec();
+        env.extend(picked.iter().map(|(k, a)| (k.to_string(), a.to_string())));
+        let mut proc = Proc::spawn(name, weir(), args, &env);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let out = proc.output();
+            if out.contains("listening") && picked.iter().all(|(_, a)| out.contains(&a.to_string()))
+            {
+                return (proc, picked.into_iter().map(|(_, a)| a).collect());
+            }
+            if proc.wait(Duration::from_millis(50)).is_some() {
+                break;
+            }
+        }
+        last = proc.output();
+        proc.terminate(Duration::from_secs(5));
+    }
+    panic!("{name} never listened on its ports:\n{last}");
+}
+
 /// A running `weir center` on its own port.
 pub struct Center {
     /// API address.
@@ -167,10 +201,10 @@ impl Center {
     /// Spawns `weir center` with `env` plus its own address, and waits until
     /// it listens (`/livez`; readiness is each test's business).
     pub async fn start(env: &[(String, String)]) -> Center {
-        let addr = free_addr();
-        let mut env = env.to_vec();
-        env.push(("WEIR_CENTER_ADDR".into(), addr.to_string()));
-        let proc = Proc::spawn("center", weir(), &["center"], &env);
+        let (proc, a) = spawn_listening("center", &["center"], env, || {
+            vec![("WEIR_CENTER_ADDR", free_addr())]
+        });
+        let addr = a[0];
         eventually(Duration::from_secs(30), "center listening", || async move {
             reqwest::get(format!("http://{addr}/livez")).await.ok()
         })
@@ -191,10 +225,10 @@ impl Ingest {
     /// Spawns `weir ingest` with `env` plus its own address, and waits until
     /// it is ready (Kafka answered).
     pub async fn start(env: &[(String, String)]) -> Ingest {
-        let addr = free_addr();
-        let mut env = env.to_vec();
-        env.push(("WEIR_INGEST_ADDR".into(), addr.to_string()));
-        let proc = Proc::spawn("ingest", weir(), &["ingest"], &env);
+        let (proc, a) = spawn_listening("ingest", &["ingest"], env, || {
+            vec![("WEIR_INGEST_ADDR", free_addr())]
+        });
+        let addr = a[0];
         until_ok(&format!("http://{addr}/readyz"), "ingest ready").await;
         Ingest { addr, proc }
     }
@@ -237,19 +271,22 @@ impl Edge {
     /// directory (metrics on the admin port), and waits until `/livez`
     /// answers.
     pub async fn start(env: &[(String, String)]) -> Edge {
-        let (addr, admin) = (free_addr(), free_addr());
         let dir = std::env::temp_dir().join(unique("weir-edge-e2e"));
         let mut env = env.to_vec();
         env.extend(
             [
-                ("WEIR_EDGE_ADDR", addr.to_string()),
-                ("WEIR_EDGE_ADMIN_ADDR", admin.to_string()),
                 ("WEIR_EDGE_DISK_DIR", dir.display().to_string()),
                 ("WEIR_METRICS_ADDR", String::new()),
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
-        let proc = Proc::spawn("edge", weir(), &["edge"], &env);
+        let (proc, a) = spawn_listening("edge", &["edge"], &env, || {
+            vec![
+                ("WEIR_EDGE_ADDR", free_addr()),
+                ("WEIR_EDGE_ADMIN_ADDR", free_addr()),
+            ]
+        });
+        let (addr, admin) = (a[0], a[1]);
         until_ok(&format!("http://{admin}/livez"), "edge answers").await;
         Edge {
             addr,

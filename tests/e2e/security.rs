@@ -79,7 +79,8 @@ async fn every_role_over_sasl_ssl_and_refusals_name_the_setting() {
     // The topics admin.
     let (code, out, err) = run(&["topics", "ensure"], &env);
     assert_eq!(code, 0, "weir topics ensure over SASL_SSL: {err}");
-    assert_eq!(out.matches(" exists").count(), 3, "{out}");
+    // health, access, dead letters, report requests.
+    assert_eq!(out.matches(" exists").count(), 4, "{out}");
 
     // Both consumer groups, the agent and the generator.
     let mut health = Proc::spawn("health", weir(), &["consume", "health"], &env);
@@ -179,7 +180,7 @@ async fn every_role_over_sasl_ssl_and_refusals_name_the_setting() {
     let (code, out, err) = run(&["topics", "ensure"], &mtls);
     assert_eq!(
         (code, out.matches(" exists").count()),
-        (0, 3),
+        (0, 4),
         "mutual TLS: {err}"
     );
 
