@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use weir_center::page::esc;
 use weir_center::NodeCoverage;
 
 /// One day of a report.
@@ -82,22 +83,6 @@ fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Renders the report of `days` in zone `tz`.
 pub fn render(tz: &str, days: &[DaySheet]) -> Rendered {
     let span = match (days.first(), days.last()) {
@@ -109,8 +94,8 @@ pub fn render(tz: &str, days: &[DaySheet]) -> Rendered {
     let mut text = format!("{subject}\n");
     let mut html = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title></head><body>\n<h1>{}</h1>\n",
-        escape_html(&subject),
-        escape_html(&subject)
+        esc(&subject),
+        esc(&subject)
     );
     for sheet in days {
         let t = Totals::of(sheet);
@@ -172,7 +157,7 @@ pub fn render(tz: &str, days: &[DaySheet]) -> Rendered {
             let _ = writeln!(
                 html,
                 "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td></tr>",
-                escape_html(&u.node_id),
+                esc(&u.node_id),
                 percent(u.uptime),
                 u.covered_secs,
                 u.observed_secs,
