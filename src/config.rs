@@ -712,6 +712,16 @@ mod tests {
             ),
             (None, vec![("WEIR_BALANCE_ADDR", "nowhere")], "balance.addr"),
             (
+                None,
+                vec![("WEIR_BALANCE_CLIENT_IDLE_TIMEOUT", "1s")],
+                "balance.client_idle_timeout",
+            ),
+            (
+                None,
+                vec![("WEIR_BALANCE_SEND_TIMEOUT", "0s")],
+                "balance.send_timeout",
+            ),
+            (
                 Some("[balance.pools.api]\nbackends = [\"ftp://x\"]\n"),
                 vec![],
                 "balance.pools.api.backends",

@@ -468,5 +468,8 @@ mod tests {
             totals.per_minute.values().map(|m| m.requests).sum::<u64>(),
             events
         );
+        // A path that cannot be written (or none) is an error.
+        assert!(write_records(&s, std::path::Path::new("/nonexistent-dir/x.tsv")).is_err());
+        assert!(write_records(&s, std::path::Path::new("")).is_err());
     }
 }
