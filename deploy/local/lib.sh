@@ -1,33 +1,38 @@
 # shellcheck shell=bash disable=SC2034 # (variables are used by the sourcing scripts)
 # lib.sh — common code for the deploy/local scripts (sourced, never run):
 # paths and ports of the shared stack, installers for what each service needs
-# (apt packages, Kafka jars, the moto venv), liveness/answer probes, pid files.
+# (apt packages, Kafka jars, the Garage build), liveness/answer probes, pid files.
 
 DEPLOY_LOCAL="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 STACK_DIR="${WEIR_STACK_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-stack}"
 mkdir -p "$STACK_DIR"
 STACK_DIR="$(cd "$STACK_DIR" && pwd -P)"
 KAFKA_LIBS="$STACK_DIR/kafka/libs"
-VENV="$STACK_DIR/venv"
 
 HOST=127.0.0.1
 SERVICES=(kafka redis postgres s3 smtp)
-KAFKA_PORT=19092
-KAFKA_CONTROLLER_PORT=19093
+# WEIR_STACK_PORT_OFFSET moves every port of the stack by that much, so a second
+# stack (its own WEIR_STACK_DIR) can run beside the first: a fresh-machine
+# rehearsal of CI next to the stack in use, for instance.
+PORT_OFFSET="${WEIR_STACK_PORT_OFFSET:-0}"
+[[ $PORT_OFFSET =~ ^[0-9]{1,4}$ && $PORT_OFFSET -le 10000 ]] ||
+  { printf 'error: WEIR_STACK_PORT_OFFSET=%s: expected 0..10000\n' "$PORT_OFFSET" >&2; exit 2; }
+KAFKA_PORT=$((19092 + PORT_OFFSET))
+KAFKA_CONTROLLER_PORT=$((19093 + PORT_OFFSET))
 # The shared broker's secured listeners (see docs/local-stack.md): SASL_SSL
 # with SCRAM-SHA-512/256 and PLAIN, and SSL that requires a client certificate.
-KAFKA_SASL_SSL_PORT=19094
-KAFKA_SSL_PORT=19095
+KAFKA_SASL_SSL_PORT=$((19094 + PORT_OFFSET))
+KAFKA_SSL_PORT=$((19095 + PORT_OFFSET))
 # The throw-away SASL user of every local broker; the same word protects the
 # client certificate's key. Local stack only: nothing it guards is secret.
 KAFKA_SASL_USER=weir
 KAFKA_SASL_PASSWORD=weir-secret
-REDIS_PORT=16379
-PG_PORT=15432
-S3_PORT=19000
+REDIS_PORT=$((16379 + PORT_OFFSET))
+PG_PORT=$((15432 + PORT_OFFSET))
+S3_PORT=$((19000 + PORT_OFFSET))
 # The local SMTP relay of `weir mail` (WEIR_MAIL_SMTP_URL=smtp://127.0.0.1:2525):
 # Debian's python3-aiosmtpd, keeping every message in a maildir.
-SMTP_PORT=2525
+SMTP_PORT=$((2525 + PORT_OFFSET))
 S3_BUCKET=weir
 
 say() { printf '%s\n' "$*" >&2; }
@@ -176,30 +181,47 @@ ensure_kafka_tls() {
   mv "$tmp" "$dir"
 }
 
-_req_sha() { sha256sum "$DEPLOY_LOCAL/s3/requirements.txt" | cut -d' ' -f1; }
+# The S3 server: Garage (https://garagehq.deuxfleurs.fr), an object store
+# written for production, built from crates.io into $STACK_DIR/garage once per
+# version and feature set (see docs/local-stack.md for why, and for the cost).
+GARAGE_VERSION=2.5.0
+GARAGE_FEATURES=bundled-libs,lmdb
+GARAGE_ROOT="$STACK_DIR/garage"
+GARAGE_BIN="$GARAGE_ROOT/bin/garage"
+# The local stack's S3 credentials. Garage checks signatures, so they are
+# real: every local and test client signs with these (deploy/local/env).
+# Local stack only: nothing they guard is secret.
+S3_ACCESS_KEY_ID=weir-local
+S3_SECRET_ACCESS_KEY=weir-local-secret
+S3_REGION=us-east-1
+GARAGE_RPC_SECRET=77656972206c6f63616c20737461636b2c206e6f742061207365637265742121
 
-_venv_current() {
-  [[ -x "$VENV/bin/moto_server" && -f "$VENV/.requirements.sha256" &&
-    "$(cat "$VENV/.requirements.sha256")" == "$(_req_sha)" ]]
+_garage_stamp() { echo "garage $GARAGE_VERSION features=$GARAGE_FEATURES"; }
+
+_garage_current() {
+  [[ -x $GARAGE_BIN && -f $GARAGE_ROOT/.stamp && "$(cat "$GARAGE_ROOT/.stamp")" == "$(_garage_stamp)" ]]
 }
 
-_make_venv() {
-  _venv_current && return 0
-  local py
-  py="$(command -v python3 || true)"
-  if [[ -z $py ]] || ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
-    apt_install python3 python3-venv
-    py=/usr/bin/python3
-  fi
-  say "creating $VENV and installing $(grep -v '^#' "$DEPLOY_LOCAL/s3/requirements.txt" | xargs)"
-  rm -rf "$VENV"
-  quietly "$py" -m venv "$VENV"
-  quietly "$VENV/bin/pip" install -q -r "$DEPLOY_LOCAL/s3/requirements.txt"
-  _req_sha >"$VENV/.requirements.sha256"
+# Release build without LTO and with parallel codegen: about a third of the
+# compile time of Garage's own release profile, at a small cost in speed.
+_build_garage() {
+  _garage_current && return 0
+  command -v cargo >/dev/null || die "building Garage needs cargo (Rust, from rustup)"
+  need_cmd cc build-essential
+  say "building Garage $GARAGE_VERSION from crates.io into $GARAGE_ROOT (once; several minutes)"
+  local t0=$SECONDS
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_INCREMENTAL=false \
+    CARGO_TARGET_DIR="$STACK_DIR/garage-build" \
+    quietly cargo install garage --version "=$GARAGE_VERSION" --locked \
+    --no-default-features --features "$GARAGE_FEATURES" --root "$GARAGE_ROOT" --force
+  rm -rf "$STACK_DIR/garage-build"
+  _garage_stamp >"$GARAGE_ROOT/.stamp"
+  say "Garage $GARAGE_VERSION built in $((SECONDS - t0)) s"
 }
 
-ensure_venv() {
-  _venv_current || with_lock venv _make_venv
+ensure_garage() {
+  _garage_current || with_lock garage _build_garage
 }
 
 ensure_redis() {
@@ -232,7 +254,7 @@ ensure_service_deps() {
     kafka) ensure_kafka_libs ;;
     redis) ensure_redis ;;
     postgres) ensure_postgres "$STACK_DIR/postgres/data" ;;
-    s3) ensure_venv ;;
+    s3) ensure_garage ;;
     smtp) ensure_smtp ;;
   esac
 }

@@ -42,6 +42,6 @@ pub use origin::{Origin, OriginState};
 pub use private::PrivateService;
 pub use process::{last_json, weir_env, Proc};
 pub use redis_prefix::TestRedis;
-pub use stack::{repo_root, require, stack, Stack};
+pub use stack::{repo_root, require, s3_credentials, stack, Stack};
 pub use wait::eventually;
 pub use world::{TestWorld, WorldBuilder};

@@ -45,9 +45,20 @@ pub(crate) fn s3() -> S3Stack {
     S3Stack {
         endpoint: var("WEIR_S3_ENDPOINT", "http://127.0.0.1:19000"),
         region: var("WEIR_S3_REGION", "us-east-1"),
-        access_key_id: var("WEIR_S3_ACCESS_KEY_ID", "test"),
-        secret_access_key: var("WEIR_S3_SECRET_ACCESS_KEY", "test"),
+        access_key_id: s3_credentials().0,
+        secret_access_key: s3_credentials().1,
     }
+}
+
+/// The local stack's S3 key id and secret (`WEIR_S3_ACCESS_KEY_ID`,
+/// `WEIR_S3_SECRET_ACCESS_KEY`, else those `deploy/local` gives every S3
+/// server it starts, private ones included). Garage checks signatures, so
+/// a test that signs with anything else is refused.
+pub fn s3_credentials() -> (String, String) {
+    (
+        var("WEIR_S3_ACCESS_KEY_ID", "weir-local"),
+        var("WEIR_S3_SECRET_ACCESS_KEY", "weir-local-secret"),
+    )
 }
 
 /// Where the S3 server is and how to sign for it. (Apart from [`Stack`],

@@ -1,9 +1,9 @@
 //! `weir edge` as a process: a large object streamed through it in bounded
-//! memory, against a private S3 server (moto), the stack's Redis and Kafka.
+//! memory, against a private S3 server (Garage), the stack's Redis and Kafka.
 //!
-//! The object is 256 MiB by default rather than the 1–2 GB of the brief: moto
-//! holds objects in the memory of one Python process, and CI machines are
-//! shared. `WEIR_TEST_EDGE_OBJECT_MIB=1024` runs the brief's size. What is
+//! The object is 256 MiB by default rather than the 1–2 GB of the brief, to
+//! keep CI's upload and two passes short on shared machines;
+//! `WEIR_TEST_EDGE_OBJECT_MIB=1024` runs the brief's size. What is
 //! checked does not depend on the size: the edge's peak RSS stays under its
 //! memory budget plus a constant while the whole object and then a range of
 //! it pass through.
@@ -40,7 +40,13 @@ fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .credentials_provider(Credentials::new(
+            weir_testkit::s3_credentials().0,
+            weir_testkit::s3_credentials().1,
+            None,
+            None,
+            "weir-e2e",
+        ))
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
@@ -52,7 +58,10 @@ async fn private_origin(key: &str, body: Vec<u8>) -> (PrivateService, String) {
     let endpoint = format!("http://127.0.0.1:{}", s3.port);
     let client = s3_client(&endpoint);
     let start = Instant::now();
-    while client.create_bucket().bucket("weir").send().await.is_err() {
+    // deploy/local makes the bucket `weir` on a server's first start.
+    while client.head_bucket().bucket("weir").send().await.is_err()
+        && client.create_bucket().bucket("weir").send().await.is_err()
+    {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "private S3 bucket"
@@ -73,11 +82,12 @@ async fn private_origin(key: &str, body: Vec<u8>) -> (PrivateService, String) {
 /// The world's environment with the origin moved to a private S3 server,
 /// plus `extra`.
 fn origin_env(world: &TestWorld, endpoint: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let (key_id, secret) = weir_testkit::s3_credentials();
     let mut env = world.env_with(&[
         ("WEIR_S3_ENDPOINT", endpoint),
         ("WEIR_S3_BUCKET", "weir"),
-        ("WEIR_S3_ACCESS_KEY_ID", "test"),
-        ("WEIR_S3_SECRET_ACCESS_KEY", "test"),
+        ("WEIR_S3_ACCESS_KEY_ID", &key_id),
+        ("WEIR_S3_SECRET_ACCESS_KEY", &secret),
     ]);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
@@ -102,8 +112,8 @@ async fn check_body(resp: reqwest::Response, offset: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_passes_through_in_bounded_memory() {
     let world = TestWorld::create(1).await;
-    // The object lives in a private S3 server (moto keeps it in memory;
-    // the shared one must not carry it).
+    // The object lives in a private S3 server (the shared one must not
+    // carry it).
     let body: Vec<u8> = (0..object_size()).map(byte_at).collect();
     let (_s3, endpoint) = private_origin("big/object.bin", body).await;
     let mut edge = Edge::start(&origin_env(
@@ -113,7 +123,7 @@ async fn a_large_object_passes_through_in_bounded_memory() {
             ("WEIR_S3_TIMEOUT", "30s"),
             ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
             ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
-            // The cold pass of a large object from moto can outlast the
+            // The cold pass of a large object on a busy machine can outlast the
             // default freshness; the warm pass must be a hit, not a
             // revalidation.
             ("WEIR_EDGE_FRESH_FOR", "10m"),
@@ -320,8 +330,8 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
         [
             ("WEIR_S3_ENDPOINT", endpoint.clone()),
             ("WEIR_S3_BUCKET", bucket.clone()),
-            ("WEIR_S3_ACCESS_KEY_ID", "test".into()),
-            ("WEIR_S3_SECRET_ACCESS_KEY", "test".into()),
+            ("WEIR_S3_ACCESS_KEY_ID", weir_testkit::s3_credentials().0),
+            ("WEIR_S3_SECRET_ACCESS_KEY", weir_testkit::s3_credentials().1),
             ("WEIR_S3_TIMEOUT", "30s".into()),
             ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
             ("WEIR_REDIS_URL", redis.url.clone()),
