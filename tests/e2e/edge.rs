@@ -331,7 +331,10 @@ async fn five_hundred_silent_readers_stay_within_the_budget() {
             ("WEIR_S3_ENDPOINT", endpoint.clone()),
             ("WEIR_S3_BUCKET", bucket.clone()),
             ("WEIR_S3_ACCESS_KEY_ID", weir_testkit::s3_credentials().0),
-            ("WEIR_S3_SECRET_ACCESS_KEY", weir_testkit::s3_credentials().1),
+            (
+                "WEIR_S3_SECRET_ACCESS_KEY",
+                weir_testkit::s3_credentials().1,
+            ),
             ("WEIR_S3_TIMEOUT", "30s".into()),
             ("WEIR_KAFKA_BROKERS", st.kafka.clone()),
             ("WEIR_REDIS_URL", redis.url.clone()),
