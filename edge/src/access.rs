@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use weir_core::{InternalEventHandle, RegisterInternalEvent};
-use weir_producers::{EventProducer, Offer, ProduceError};
+use weir_producers::{EventProducer, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome};
 
 use crate::events::{AccessShed, AccessShedHandle, ShedReason};
@@ -116,12 +116,10 @@ impl AccessLog {
             total_latency_us: r.total_latency_us,
             client_addr: r.client_addr,
         };
-        match self.producer.offer(&self.topic, &ev) {
-            // The delivery report is not awaited: the producer counts
-            // deliveries and failures itself.
-            Ok(Offer::Queued(_pending)) => {}
-            // Consumers are behind: the limiter counted the shed event.
-            Ok(Offer::Shed) => {}
+        match self.producer.offer_detached(&self.topic, &ev) {
+            // Queued (the producer counts its delivery or failure), or shed
+            // while consumers are behind (the limiter counted it).
+            Ok(_) => {}
             Err(ProduceError::QueueFull) => self.shed.emit(ShedReason::QueueFull),
             Err(e) => self.shed.emit(ShedReason::Error(e.to_string())),
         }

@@ -19,6 +19,6 @@ pub mod signal;
 pub use agent::{run_agent, AgentConfig, AgentReport, Sampler};
 pub use agent_http::run_agent_via;
 pub use limiter::{Decision, LagLimiter, LimiterConfig};
-pub use producer::{Delivery, EventProducer, Offer, PendingDelivery, ProduceError};
+pub use producer::{Delivery, DeliveryHook, EventProducer, Offer, PendingDelivery, ProduceError};
 pub use signal::{follow_signal, follow_signal_reporting};
 pub use weir_core::KafkaConfig;

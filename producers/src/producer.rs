@@ -45,16 +45,37 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-/// Completes each record's delivery future from librdkafka's delivery
-/// report.
+/// A callback run with a record's delivery report, on the producer's
+/// polling thread: keep it short (count, send on a channel).
+pub type DeliveryHook = Box<dyn FnOnce(Result<Delivery, KafkaError>) + Send + Sync>;
+
+/// What to do with a record's delivery report besides counting it.
+enum Then {
+    /// Nothing: the caller does not wait (the edge's access events).
+    Nothing,
+    /// Complete a [`PendingDelivery`].
+    Reply(oneshot::Sender<Result<Delivery, KafkaError>>),
+    /// Run a callback.
+    Call(DeliveryHook),
+}
+
+/// Carried by each record through librdkafka to its delivery report.
+struct Report {
+    kind: &'static str,
+    then: Then,
+}
+
+/// Counts every record's delivery report (`weir_producer_events_total`
+/// `delivered` / `failed`), whether or not anyone waits for it, then hands
+/// it on.
 struct DeliveryContext;
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<Delivery, KafkaError>>>;
+    type DeliveryOpaque = Box<Report>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, report: Self::DeliveryOpaque) {
         let out = match result {
             Ok(m) => Ok(Delivery {
                 partition: m.partition(),
@@ -62,7 +83,18 @@ impl ProducerContext for DeliveryContext {
             }),
             Err((e, _)) => Err(e.clone()),
         };
-        let _ = tx.send(out);
+        RecordProduced {
+            kind: report.kind,
+            outcome: if out.is_ok() { "delivered" } else { "failed" },
+        }
+        .emit();
+        match report.then {
+            Then::Nothing => {}
+            Then::Reply(tx) => {
+                let _ = tx.send(out);
+            }
+            Then::Call(hook) => hook(out),
+        }
     }
 }
 
@@ -134,22 +166,40 @@ impl EventProducer {
     /// (when there is one): a sheddable event may be shed while the
     /// consuming group is behind; critical events always go.
     pub fn offer<E: Event>(&self, topic: &str, event: &E) -> Result<Offer, ProduceError> {
-        if let Some(l) = &self.limiter {
-            if l.decide(E::KIND, E::PRIORITY) == crate::limiter::Decision::Shed {
-                return Ok(Offer::Shed);
-            }
+        if self.shed::<E>() {
+            return Ok(Offer::Shed);
         }
         self.enqueue(topic, event).map(Offer::Queued)
     }
 
-    /// Validates, encodes and queues an event without waiting for Kafka.
-    /// The returned future resolves to the delivery report.
-    pub fn enqueue<E: Event>(
-        &self,
-        topic: &str,
-        event: &E,
-    ) -> Result<PendingDelivery, ProduceError> {
-        let payload = encode(event).map_err(|reason| {
+    /// Like [`offer`](Self::offer) for a caller that never waits for the
+    /// delivery report (the edge's access events): no future is made, the
+    /// outcome is only counted (`weir_producer_events_total`). Returns
+    /// whether the event was queued (false: shed by the limiter).
+    pub fn offer_detached<E: Event>(&self, topic: &str, event: &E) -> Result<bool, ProduceError> {
+        if self.shed::<E>() {
+            return Ok(false);
+        }
+        let payload = self.encode(event)?;
+        self.queue(
+            topic,
+            event.key().map(str::as_bytes),
+            &payload,
+            None,
+            E::KIND,
+            Then::Nothing,
+        )?;
+        Ok(true)
+    }
+
+    fn shed<E: Event>(&self) -> bool {
+        self.limiter
+            .as_ref()
+            .is_some_and(|l| l.decide(E::KIND, E::PRIORITY) == crate::limiter::Decision::Shed)
+    }
+
+    fn encode<E: Event>(&self, event: &E) -> Result<Vec<u8>, ProduceError> {
+        encode(event).map_err(|reason| {
             RecordProduced {
                 kind: E::KIND,
                 outcome: "invalid",
@@ -159,7 +209,17 @@ impl EventProducer {
                 kind: E::KIND,
                 reason,
             }
-        })?;
+        })
+    }
+
+    /// Validates, encodes and queues an event without waiting for Kafka.
+    /// The returned future resolves to the delivery report.
+    pub fn enqueue<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+    ) -> Result<PendingDelivery, ProduceError> {
+        let payload = self.encode(event)?;
         self.enqueue_raw(
             topic,
             event.key().map(str::as_bytes),
@@ -181,8 +241,36 @@ impl EventProducer {
         kind: &'static str,
     ) -> Result<PendingDelivery, ProduceError> {
         let (tx, rx) = oneshot::channel();
+        self.queue(topic, key, payload, headers, kind, Then::Reply(tx))?;
+        Ok(PendingDelivery { rx })
+    }
+
+    /// Queues an already-encoded record and runs `hook` with its delivery
+    /// report, on the producer's polling thread, instead of making a future
+    /// per record: for callers that produce many records and only tally the
+    /// outcomes (`weir gen access`).
+    pub fn enqueue_raw_with(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        kind: &'static str,
+        hook: DeliveryHook,
+    ) -> Result<(), ProduceError> {
+        self.queue(topic, key, payload, None, kind, Then::Call(hook))
+    }
+
+    fn queue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        kind: &'static str,
+        then: Then,
+    ) -> Result<(), ProduceError> {
         let mut record: BaseRecord<'_, [u8], [u8], _> =
-            BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(payload);
+            BaseRecord::with_opaque_to(topic, Box::new(Report { kind, then })).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -190,7 +278,7 @@ impl EventProducer {
             record = record.headers(h);
         }
         match self.shared.producer.send(record) {
-            Ok(()) => Ok(PendingDelivery { rx, kind }),
+            Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 RecordProduced {
                     kind,
@@ -237,10 +325,10 @@ impl EventProducer {
     }
 }
 
-/// A queued record's delivery report.
+/// A queued record's delivery report. (The outcome is counted when the
+/// report arrives, whether or not this future is awaited.)
 pub struct PendingDelivery {
     rx: oneshot::Receiver<Result<Delivery, KafkaError>>,
-    kind: &'static str,
 }
 
 impl std::future::Future for PendingDelivery {
@@ -250,21 +338,13 @@ impl std::future::Future for PendingDelivery {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        let kind = self.kind;
-        match std::pin::Pin::new(&mut self.rx).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(res) => {
-                let out = match res {
-                    Ok(Ok(d)) => Ok(d),
-                    Ok(Err(e)) => Err(ProduceError::Kafka(e)),
-                    // The producer was dropped with the record still queued.
-                    Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
-                };
-                let outcome = if out.is_ok() { "delivered" } else { "failed" };
-                RecordProduced { kind, outcome }.emit();
-                Poll::Ready(out)
-            }
-        }
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|res| match res {
+                Ok(Ok(d)) => Ok(d),
+                Ok(Err(e)) => Err(ProduceError::Kafka(e)),
+                // The producer was dropped with the record still queued.
+                Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+            })
     }
 }

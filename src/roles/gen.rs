@@ -7,16 +7,16 @@
 //! check the rollups against them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_consumers::access::minute_of;
-use weir_producers::{EventProducer, PendingDelivery, ProduceError};
+use weir_producers::{DeliveryHook, EventProducer, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome, Event};
 
 use crate::cli::GenAccessArgs;
@@ -188,6 +188,47 @@ fn event_at(spec: &GenSpec, pop: &Popularity, i: u64, rng: &mut Rng) -> AccessEv
     }
 }
 
+/// What Kafka acknowledged, tallied by the delivery reports themselves (on
+/// the producer's polling thread): no future or channel per record.
+#[derive(Default)]
+struct Tally {
+    acked: std::sync::Mutex<Acked>,
+    /// Delivery reports received (acknowledged or not).
+    reports: AtomicU64,
+}
+
+#[derive(Default)]
+struct Acked {
+    /// Per minute, keyed by the minute's Unix time.
+    per_minute: BTreeMap<i64, MinuteTotals>,
+    events: u64,
+    bytes: u64,
+    poison: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// The delivery report of one record: `meta` is (minute, bytes) for an
+    /// event, None for a poison record.
+    fn report(&self, ok: bool, meta: Option<(i64, u64)>) {
+        {
+            let mut a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            match (ok, meta) {
+                (true, Some((minute, b))) => {
+                    a.events += 1;
+                    a.bytes += b;
+                    let m = a.per_minute.entry(minute).or_default();
+                    m.requests += 1;
+                    m.bytes += b;
+                }
+                (true, None) => a.poison += 1,
+                (false, _) => a.failed += 1,
+            }
+        }
+        self.reports.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// Produces the events and returns the totals Kafka acknowledged.
 pub async fn run(
     spec: GenSpec,
@@ -197,33 +238,8 @@ pub async fn run(
 ) -> anyhow::Result<GenTotals> {
     let pop = Popularity::new(spec.objects);
     let mut rng = Rng(spec.seed);
-    let mut totals = GenTotals {
-        topic: topic.to_string(),
-        ..GenTotals::default()
-    };
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::channel::<(PendingDelivery, Option<(String, u64)>)>(65_536);
-    let collector = tokio::spawn(async move {
-        let mut acked: BTreeMap<String, MinuteTotals> = BTreeMap::new();
-        let (mut events, mut bytes, mut poison, mut failed) = (0u64, 0u64, 0u64, 0u64);
-        while let Some((d, meta)) = rx.recv().await {
-            match (d.await, meta) {
-                (Ok(_), Some((minute, b))) => {
-                    events += 1;
-                    bytes += b;
-                    let m = acked.entry(minute).or_default();
-                    m.requests += 1;
-                    m.bytes += b;
-                }
-                (Ok(_), None) => poison += 1,
-                (Err(e), _) => {
-                    failed += 1;
-                    tracing::warn!(error = %e, "record not delivered");
-                }
-            }
-        }
-        (acked, events, bytes, poison, failed)
-    });
+    let tally = Arc::new(Tally::default());
     let per_tick = spec.rate.map(|r| (r / 100).max(1));
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -235,33 +251,47 @@ pub async fn run(
                 break;
             }
             for _ in 0..n {
-                if i >= spec.count
-                    || !produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tx).await?
-                {
+                if i >= spec.count {
                     break 'outer;
                 }
+                produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tally).await?;
             }
         } else {
             if shutdown.is_cancelled() {
                 break;
             }
-            if !produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tx).await? {
-                break;
-            }
+            produce_one(&spec, &pop, &mut rng, &mut i, topic, &producer, &tally).await?;
         }
     }
-    drop(tx);
-    let (per_minute, events, bytes, poison, failed) =
-        collector.await.context("delivery collector")?;
-    totals.per_minute = per_minute;
-    totals.events = events;
-    totals.requests = events;
-    totals.bytes = bytes;
-    totals.poison = poison;
-    totals.failed = failed;
-    totals.elapsed_secs = started.elapsed().as_secs_f64();
-    totals.rate_per_sec = (events + poison) as f64 / totals.elapsed_secs.max(1e-9);
-    Ok(totals)
+    // Every queued record gets a report (delivered, failed, or purged when
+    // the producer goes): wait for them all, within the flush timeout.
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30))).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tally.reports.load(Ordering::Acquire) < i && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let missing = i.saturating_sub(tally.reports.load(Ordering::Acquire));
+    let a = std::mem::take(&mut *tally.acked.lock().unwrap_or_else(|e| e.into_inner()));
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(GenTotals {
+        topic: topic.to_string(),
+        per_minute: a
+            .per_minute
+            .into_iter()
+            .map(|(m, t)| {
+                let at = DateTime::from_timestamp(m, 0).unwrap_or_default();
+                (at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), t)
+            })
+            .collect(),
+        events: a.events,
+        requests: a.events,
+        bytes: a.bytes,
+        poison: a.poison,
+        failed: a.failed + missing,
+        elapsed_secs: elapsed,
+        rate_per_sec: (a.events + a.poison) as f64 / elapsed.max(1e-9),
+    })
 }
 
 /// Queues record `*i` (an event or a poison record), waiting while the
@@ -273,8 +303,8 @@ async fn produce_one(
     i: &mut u64,
     topic: &str,
     producer: &EventProducer,
-    tx: &mpsc::Sender<(PendingDelivery, Option<(String, u64)>)>,
-) -> anyhow::Result<bool> {
+    tally: &Arc<Tally>,
+) -> anyhow::Result<()> {
     let poison = spec
         .poison_every
         .is_some_and(|n| n > 0 && (*i + 1) % n == 0);
@@ -288,14 +318,16 @@ async fn produce_one(
         let ev = event_at(spec, pop, *i, rng);
         let bytes = weir_schemas::encode(&ev)
             .map_err(|e| anyhow::anyhow!("generated an invalid event: {e}"))?;
-        let minute = minute_of(ev.ts).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        (bytes, ev.node_id.clone(), Some((minute, ev.bytes_sent)))
+        let minute = minute_of(ev.ts).timestamp();
+        (bytes, ev.node_id, Some((minute, ev.bytes_sent)))
     };
     loop {
-        match producer.enqueue_raw(topic, Some(key.as_bytes()), &payload, None, "access") {
-            Ok(d) => {
+        let t = tally.clone();
+        let hook: DeliveryHook = Box::new(move |r| t.report(r.is_ok(), meta));
+        match producer.enqueue_raw_with(topic, Some(key.as_bytes()), &payload, "access", hook) {
+            Ok(()) => {
                 *i += 1;
-                return Ok(tx.send((d, meta)).await.is_ok());
+                return Ok(());
             }
             Err(ProduceError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err(e) => return Err(e).context("producing a generated record"),
@@ -380,8 +412,6 @@ pub async fn command(
     let producer = std::sync::Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
     super::require_topic(&producer, &cfg.topics.access, "topics.access").await?;
     let totals = run(spec, &cfg.topics.access, producer.clone(), shutdown).await?;
-    let p = producer.clone();
-    let _ = tokio::task::spawn_blocking(move || p.flush(std::time::Duration::from_secs(30))).await;
     println!("{}", serde_json::to_string(&totals)?);
     if totals.failed > 0 {
         anyhow::bail!("{} records were not acknowledged by Kafka", totals.failed);

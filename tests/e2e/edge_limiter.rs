@@ -84,4 +84,21 @@ async fn edge_sheds_access_events_when_the_access_group_is_behind() {
     let admitted = metric_sum(&text, "weir_limiter_decisions_total", "decision=\"admit");
     assert_eq!(served, 300);
     assert!(shed > 100.0, "most access events shed with the group 100 000 behind: shed {shed}, admitted {admitted}\n{text}");
+    // Every admitted event's delivery is counted, though the edge never
+    // waits for its report (it used to be counted only when awaited).
+    eventually(
+        Duration::from_secs(10),
+        "every admitted access event counted as delivered",
+        || async {
+            let t = edge.metrics().await;
+            let admitted = metric_sum(&t, "weir_limiter_decisions_total", "decision=\"admit");
+            let delivered = metric_sum(
+                &t,
+                "weir_producer_events_total",
+                "kind=\"access\",outcome=\"delivered\"",
+            );
+            (admitted > 0.0 && delivered == admitted).then_some(())
+        },
+    )
+    .await;
 }
