@@ -176,8 +176,9 @@ impl Edge {
 pub(crate) const CHUNK: u64 = 64 * 1024;
 
 /// The bytes `r` asks for, slice after slice, the first slice given, with
-/// one slice of read-ahead (the next slice is fetched, or found on disk,
-/// while this one is sent). Ends with an error (cutting the response
+/// `edge.read_ahead` slices of read-ahead (the next ones are fetched, or
+/// found on disk, while this one is sent: a cold object streams at the rate
+/// of several origin requests at once, as one whole GET would). Ends with an error (cutting the response
 /// short, the only honest answer once headers are sent: the client sees an
 /// incomplete body, never bytes of two versions) when a slice fails.
 fn slice_stream(
@@ -194,7 +195,14 @@ fn slice_stream(
             let (e, o, m) = (edge.clone(), obj.clone(), meta.clone());
             tokio::spawn(async move { e.slice(&o, &m, i).await })
         };
-        let mut next = (first < last).then(|| fetch(first + 1));
+        let ahead = edge.cfg.read_ahead.max(1);
+        // Slices fetched ahead, in order: first + 1 ..= fetched.
+        let mut next = std::collections::VecDeque::with_capacity(ahead as usize);
+        let mut fetched = first;
+        while fetched < last && (fetched - first) < ahead {
+            fetched += 1;
+            next.push_back(fetch(fetched));
+        }
         let mut current: Result<SliceData, OriginError> = Ok(first_data);
         let mut i = first;
         loop {
@@ -202,7 +210,7 @@ fn slice_stream(
                 Ok(d) => d,
                 Err(e) => {
                     ResponseCut { key: &obj.key, slice: i, error: &e }.emit();
-                    if let Some(t) = next.take() { t.abort(); }
+                    for t in next.drain(..) { t.abort(); }
                     yield Err(std::io::Error::other(e.to_string()));
                     break;
                 }
@@ -226,11 +234,12 @@ fn slice_stream(
                     }
                 }
             }
-            let Some(task) = next.take() else { break };
+            let Some(task) = next.pop_front() else { break };
             current = task.await.unwrap_or_else(|e| Err(OriginError::Unavailable(e.to_string())));
             i += 1;
-            if i < last {
-                next = Some(fetch(i + 1));
+            if fetched < last {
+                fetched += 1;
+                next.push_back(fetch(fetched));
             }
         }
     }
