@@ -265,6 +265,7 @@ pub struct Config {
 const NON_CONFIG_ENV: &[&str] = &[
     "WEIR_CONFIG",
     "WEIR_STACK_DIR",
+    "WEIR_STACK_PORT_OFFSET",
     "WEIR_KAFKA_LIBS",
     "WEIR_DEPLOY_LOCAL",
     "WEIR_TEST_LOGS",
