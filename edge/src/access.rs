@@ -67,6 +67,10 @@ pub const TRUNCATED_MARK: &str = "…[truncated]";
 /// at [`LOGGED_KEY_MAX`] bytes, on a character boundary, marked
 /// [`TRUNCATED_MARK`].
 pub fn loggable_key(raw: &str) -> String {
+    // Nearly every key: short enough and printable ASCII.
+    if raw.len() <= LOGGED_KEY_MAX && raw.bytes().all(|b| matches!(b, b' '..=b'~')) {
+        return raw.to_string();
+    }
     let mut out = String::with_capacity(raw.len().min(LOGGED_KEY_MAX));
     for c in raw.chars() {
         let c = if c.is_control() { '\u{fffd}' } else { c };

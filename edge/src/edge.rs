@@ -50,6 +50,8 @@ pub struct Edge {
     pub(crate) requests: RequestsHandle,
     /// Origin request counters, registered once.
     pub(crate) origin_requests: OriginRequestsHandle,
+    /// `edge.cache_control`, rendered once.
+    pub(crate) cache_control: axum::http::HeaderValue,
     fetch_policy: FetchPolicy,
     public_url: String,
 }
@@ -84,6 +86,7 @@ impl Edge {
             )
         })?;
         Ok(Arc::new(Edge {
+            cache_control: crate::reply::hv(&cfg.cache_control),
             fetch_policy,
             public_url: cfg.resolved_public_url(),
             memory: memory_tier(cfg.memory_budget),

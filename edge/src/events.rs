@@ -5,7 +5,6 @@
 //! built, and emit through handles that hold their counters; the others are
 //! rare and emitted where they happen.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::Duration;
 
@@ -52,7 +51,9 @@ pub struct RequestsServed;
 
 /// Cached handles of [`RequestsServed`].
 pub struct RequestsHandle {
-    counters: HashMap<(usize, u16), Counter>,
+    /// By outcome, then status, in the order of `OUTCOMES` and `STATUSES`:
+    /// found by index, not by hashing, on every request.
+    counters: Vec<Counter>,
     durations: Vec<Histogram>,
 }
 
@@ -74,12 +75,10 @@ fn requests_counter(cache: CacheOutcome, status: u16) -> Counter {
 impl RegisterInternalEvent for RequestsServed {
     type Handle = RequestsHandle;
     fn register(self) -> RequestsHandle {
-        let mut counters = HashMap::new();
-        for (i, o) in OUTCOMES.iter().enumerate() {
-            for s in STATUSES {
-                counters.insert((i, s), requests_counter(*o, s));
-            }
-        }
+        let counters = OUTCOMES
+            .iter()
+            .flat_map(|o| STATUSES.iter().map(|s| requests_counter(*o, *s)))
+            .collect();
         let durations = OUTCOMES
             .iter()
             .map(|o| metrics::histogram!("weir_edge_request_duration_seconds", "cache" => outcome_label(*o)))
@@ -95,7 +94,11 @@ impl InternalEventHandle for RequestsHandle {
     type Data = Served;
     fn emit(&self, s: Served) {
         let i = outcome_index(s.cache);
-        match self.counters.get(&(i, s.status)) {
+        let counter = STATUSES
+            .iter()
+            .position(|x| *x == s.status)
+            .and_then(|j| self.counters.get(i * STATUSES.len() + j));
+        match counter {
             Some(c) => c.increment(1),
             // A status the edge does not normally answer: registered on the
             // spot, which is rare enough not to matter.

@@ -102,11 +102,7 @@ impl Edge {
                 meta.size
             )));
         }
-        let o = Arc::new(CachedObject {
-            meta,
-            body,
-            checked_at: Instant::now(),
-        });
+        let o = Arc::new(CachedObject::new(meta, body, Instant::now()));
         self.keep_in_memory(id, o.clone(), gen).await;
         Ok(Fill::Memory(o))
     }

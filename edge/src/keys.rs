@@ -46,7 +46,11 @@ impl ObjectKey {
     /// One string naming the object in caches and Redis: bucket and key
     /// separated by a character keys cannot contain (NUL is rejected).
     pub fn cache_id(&self) -> String {
-        format!("{}\u{0}{}", self.bucket, self.key)
+        let mut id = String::with_capacity(self.bucket.len() + 1 + self.key.len());
+        id.push_str(&self.bucket);
+        id.push('\0');
+        id.push_str(&self.key);
+        id
     }
 }
 

@@ -225,11 +225,7 @@ impl Edge {
         match res {
             Ok(Some(m)) if m.etag == o.meta.etag => {
                 self.remember(obj, Some(m), gen).await;
-                let fresh = Arc::new(CachedObject {
-                    meta: o.meta.clone(),
-                    body: o.body.clone(),
-                    checked_at: Instant::now(),
-                });
+                let fresh = Arc::new(o.confirmed(Instant::now()));
                 self.keep_in_memory(id, fresh.clone(), gen).await;
                 Ok(Some(self.reply_memory(
                     req,

@@ -20,7 +20,7 @@ use crate::lookup::{origin_error, Fail, ObjectRequest};
 use crate::origin::{ObjectMeta, OriginError};
 use crate::plan::{plan, Plan};
 use crate::ranges::ByteRange;
-use crate::tiers::CachedObject;
+use crate::tiers::{CachedObject, ObjectHead};
 
 /// An answer before access accounting.
 pub(crate) struct Reply {
@@ -56,6 +56,19 @@ pub(crate) fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// An `Age` value; the first minute's (most hits' within the default
+/// `fresh_for`) are rendered once.
+fn age_value(secs: u64) -> HeaderValue {
+    use std::sync::OnceLock;
+    const KEPT: usize = 64;
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let ages = AGES.get_or_init(|| (0..KEPT as u64).map(HeaderValue::from).collect());
+    match ages.get(secs as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(secs),
+    }
+}
+
 impl Found {
     fn reply(&self, status: StatusCode, headers: HeaderMap, body: ReplyBody) -> Reply {
         Reply {
@@ -71,38 +84,42 @@ impl Found {
 
 impl Edge {
     /// Headers of every answer about an object (validators, caching), plus
-    /// those `plan` adds (type, length, range).
-    fn object_headers(&self, meta: &ObjectMeta, checked_at: Instant, plan: Plan) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ETAG, hv(&meta.etag));
-        if let Some(lm) = meta.last_modified {
-            h.insert(header::LAST_MODIFIED, hv(&httpdate::fmt_http_date(lm)));
+    /// those `plan` adds (type, length, range), from its rendered values.
+    fn object_headers(
+        &self,
+        size: u64,
+        head: &ObjectHead,
+        checked_at: Instant,
+        plan: Plan,
+    ) -> HeaderMap {
+        // Room for these and the few the server adds (x-request-id,
+        // x-cache, date) without growing.
+        let mut h = HeaderMap::with_capacity(16);
+        h.insert(header::ETAG, head.etag.clone());
+        if let Some(lm) = &head.last_modified {
+            h.insert(header::LAST_MODIFIED, lm.clone());
         }
-        h.insert(header::CACHE_CONTROL, hv(&self.cfg.cache_control));
-        h.insert(
-            header::AGE,
-            HeaderValue::from(checked_at.elapsed().as_secs()),
-        );
+        // Nothing about a 412 may be cached: no Cache-Control, no Age.
+        if plan != Plan::PreconditionFailed {
+            h.insert(header::CACHE_CONTROL, self.cache_control.clone());
+            h.insert(header::AGE, age_value(checked_at.elapsed().as_secs()));
+        }
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        let size = meta.size;
         match plan {
             Plan::NotModified => {}
             Plan::PreconditionFailed => {
-                // Nothing about this answer may be cached.
-                h.remove(header::CACHE_CONTROL);
-                h.remove(header::AGE);
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
             Plan::Unsatisfiable => {
                 h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
             Plan::Full => {
-                h.insert(header::CONTENT_TYPE, hv(&meta.content_type));
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                h.insert(header::CONTENT_TYPE, head.content_type.clone());
+                h.insert(header::CONTENT_LENGTH, head.full_length.clone());
             }
             Plan::Partial(r) => {
-                h.insert(header::CONTENT_TYPE, hv(&meta.content_type));
+                h.insert(header::CONTENT_TYPE, head.content_type.clone());
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
                 h.insert(
                     header::CONTENT_RANGE,
@@ -122,7 +139,7 @@ impl Edge {
         origin_us: u64,
     ) -> Reply {
         let p = plan(&o.meta, &req.conditions, req.head);
-        let headers = self.object_headers(&o.meta, o.checked_at, p.plan);
+        let headers = self.object_headers(o.meta.size, &o.head, o.checked_at, p.plan);
         let body = match p.plan.bytes(o.meta.size) {
             Some(r) if p.body => ReplyBody::Bytes(o.body.slice(r.start as usize..=r.end as usize)),
             _ => ReplyBody::Empty,
@@ -145,7 +162,8 @@ impl Edge {
         found: Found,
     ) -> Result<Reply, Fail> {
         let p = plan(&found.meta, &req.conditions, req.head);
-        let headers = self.object_headers(&found.meta, found.checked_at, p.plan);
+        let head = ObjectHead::of(&found.meta);
+        let headers = self.object_headers(found.meta.size, &head, found.checked_at, p.plan);
         let r = match p.plan.bytes(found.meta.size) {
             Some(r) if p.body => r,
             _ => return Ok(found.reply(p.plan.status(), headers, ReplyBody::Empty)),

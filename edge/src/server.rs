@@ -85,6 +85,11 @@ pub async fn serve(
     Ok(())
 }
 
+/// `x-request-id`, a constant rather than a name parsed on every request.
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+/// `x-cache`.
+static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+
 /// A request id unique across processes and restarts without a random
 /// number per request: a random process prefix and a counter.
 fn next_request_id() -> String {
@@ -93,7 +98,15 @@ fn next_request_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static N: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
-    format!("{prefix}{:016x}", N.fetch_add(1, Ordering::Relaxed))
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    // `{prefix}{n:016x}`, without the formatting machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    for shift in (0..16).rev() {
+        id.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    id
 }
 
 /// Records the access event when the body is done (or dropped).
@@ -167,7 +180,8 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
     let raw_path = req.uri().path();
     let conditions = Conditions::from_headers(headers);
     let range = conditions.range.map(str::to_string);
-    let mut key_for_log = raw_path.to_string();
+    // The decoded key once there is one, else the raw path.
+    let mut decoded_key: Option<String> = None;
     let result = if method != Method::GET && !head {
         Err(ApiError::method_not_allowed())
     } else {
@@ -175,7 +189,7 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
             Err(e) => Err(ApiError::bad_request(e.to_string())),
             Ok(obj) => {
                 tracing::Span::current().record("key", obj.key.as_str());
-                key_for_log = obj.key.clone();
+                decoded_key = Some(obj.key.clone());
                 let req = ObjectRequest {
                     obj,
                     conditions,
@@ -196,11 +210,12 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
         status: status.as_u16(),
         duration: start.elapsed(),
     });
+    let request_id_value = hv(&request_id);
     let record = edge.access.as_ref().map(|_| AccessRecord {
         ts,
-        request_id: request_id.clone(),
+        request_id,
         method: method.to_string(),
-        object_key: loggable_key(&key_for_log),
+        object_key: loggable_key(decoded_key.as_deref().unwrap_or(raw_path)),
         range,
         status: status.as_u16(),
         bytes_sent: 0,
@@ -236,9 +251,9 @@ async fn answer(edge: Arc<Edge>, req: Request, request_id: String) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = reply.headers;
-    resp.headers_mut().insert("x-request-id", hv(&request_id));
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id_value);
     resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(outcome_label(cache)));
+        .insert(&X_CACHE, HeaderValue::from_static(outcome_label(cache)));
     resp
 }
 

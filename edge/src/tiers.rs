@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use moka::future::Cache;
 use nix::fcntl::{Flock, FlockArg};
@@ -29,6 +30,63 @@ pub struct CachedObject {
     pub body: Bytes,
     /// When the origin last confirmed it (fetch or revalidation).
     pub checked_at: Instant,
+    /// Its header values, rendered once rather than on every hit.
+    pub head: ObjectHead,
+}
+
+impl CachedObject {
+    /// An object and its rendered headers.
+    pub fn new(meta: ObjectMeta, body: Bytes, checked_at: Instant) -> CachedObject {
+        CachedObject {
+            head: ObjectHead::of(&meta),
+            meta,
+            body,
+            checked_at,
+        }
+    }
+
+    /// The same object, confirmed by the origin at `checked_at` (body and
+    /// rendered headers shared, not copied).
+    pub fn confirmed(&self, checked_at: Instant) -> CachedObject {
+        CachedObject {
+            meta: self.meta.clone(),
+            body: self.body.clone(),
+            checked_at,
+            head: self.head.clone(),
+        }
+    }
+}
+
+/// The header values an answer about one version of an object carries,
+/// rendered from its [`ObjectMeta`]: kept with a memory-tier object, so a
+/// hit formats no date and validates no header value. Cloning one shares
+/// the rendered bytes.
+#[derive(Debug, Clone)]
+pub struct ObjectHead {
+    /// `ETag`.
+    pub etag: HeaderValue,
+    /// `Last-Modified`, when known.
+    pub last_modified: Option<HeaderValue>,
+    /// `Content-Type`.
+    pub content_type: HeaderValue,
+    /// `Content-Length` of the whole object.
+    pub full_length: HeaderValue,
+}
+
+impl ObjectHead {
+    /// Renders `meta`'s header values (a value that cannot be a header is
+    /// empty, as before).
+    pub fn of(meta: &ObjectMeta) -> ObjectHead {
+        use crate::reply::hv;
+        ObjectHead {
+            etag: hv(&meta.etag),
+            last_modified: meta
+                .last_modified
+                .map(|lm| hv(&httpdate::fmt_http_date(lm))),
+            content_type: hv(&meta.content_type),
+            full_length: HeaderValue::from(meta.size),
+        }
+    }
 }
 
 /// Whole objects by cache id.
