@@ -495,8 +495,8 @@ pub struct LagViewArgs {
     pub window: Option<Duration>,
     /// Skip the broker's time-index probes (five `ListOffsets` by timestamp
     /// over every lagging partition), the slowest part of a single reading:
-    /// LAG-TIME then shows `-` on the first reading and, with --watch, fills
-    /// in from the readings themselves. Lag in messages, status and owners
+    /// LAG-TIME is then only a lower bound on the first reading (`>=0s`)
+    /// and, with --watch, builds up from the readings themselves. Lag in messages, status and owners
     /// are unchanged (what Kafka's own tool prints, and more).
     #[arg(long)]
     pub no_lag_time: bool,
