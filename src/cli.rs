@@ -493,6 +493,13 @@ pub struct LagViewArgs {
     /// Length of the status window (overrides lag.window).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub window: Option<Duration>,
+    /// Skip the broker's time-index probes (five `ListOffsets` by timestamp
+    /// over every lagging partition), the slowest part of a single reading:
+    /// LAG-TIME is then only a lower bound on the first reading (`>=0s`)
+    /// and, with --watch, builds up from the readings themselves. Lag in messages, status and owners
+    /// are unchanged (what Kafka's own tool prints, and more).
+    #[arg(long)]
+    pub no_lag_time: bool,
 }
 
 /// `weir lag describe`.

@@ -264,3 +264,131 @@ unsafe fn read_assignment(a: *const rd::rd_kafka_MemberAssignment_t) -> Vec<(Str
         })
         .collect()
 }
+
+/// Committed offsets of `group` on every partition it committed on, read
+/// with librdkafka's `rd_kafka_ListConsumerGroupOffsets` (one `OffsetFetch`
+/// for all topics, as Kafka's own tool sends) through `client`: no consumer
+/// of the group, hence no second client with its own connections and
+/// coordinator lookup. Partitions without a committed offset, or with a
+/// per-partition error, are left out.
+pub(crate) fn list_group_offsets<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, i32, i64)>, DescribeError> {
+    let name =
+        CString::new(group).map_err(|_| DescribeError("a group id contains a NUL byte".into()))?;
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    let rk = client.native_ptr();
+    // SAFETY: `rk` is the live handle of `client`, borrowed for this call.
+    let queue = Guard {
+        ptr: unsafe { rd::rd_kafka_queue_new(rk) },
+        destroy: rd::rd_kafka_queue_destroy,
+    };
+    // SAFETY: as above; the op type is a valid enum value.
+    let options = Guard {
+        ptr: unsafe {
+            rd::rd_kafka_AdminOptions_new(
+                rk,
+                rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS,
+            )
+        },
+        destroy: rd::rd_kafka_AdminOptions_destroy,
+    };
+    // SAFETY: `name` is NUL-terminated and outlives the call (librdkafka
+    // copies it); a null partition list asks for every committed partition.
+    let request = Guard {
+        ptr: unsafe { rd::rd_kafka_ListConsumerGroupOffsets_new(name.as_ptr(), std::ptr::null()) },
+        destroy: rd::rd_kafka_ListConsumerGroupOffsets_destroy,
+    };
+    if queue.ptr.is_null() || options.ptr.is_null() || request.ptr.is_null() {
+        return Err(DescribeError(
+            "librdkafka could not allocate a request".into(),
+        ));
+    }
+    let mut errstr = [0 as c_char; 256];
+    // SAFETY: `options` is live; `errstr` is writable for its whole length.
+    let err = unsafe {
+        rd::rd_kafka_AdminOptions_set_request_timeout(
+            options.ptr,
+            ms,
+            errstr.as_mut_ptr(),
+            errstr.len(),
+        )
+    };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: librdkafka wrote a NUL-terminated message into `errstr`.
+        let msg = unsafe { owned(errstr.as_ptr()) }.unwrap_or_default();
+        return Err(DescribeError(msg));
+    }
+    let mut one = [request.ptr];
+    // SAFETY: `one` holds one live request, which librdkafka copies before
+    // returning (ours is destroyed by its guard); `options` and `queue` are
+    // live.
+    unsafe {
+        rd::rd_kafka_ListConsumerGroupOffsets(rk, one.as_mut_ptr(), 1, options.ptr, queue.ptr)
+    };
+    // SAFETY: `queue` is live.
+    let event = Guard {
+        ptr: unsafe { rd::rd_kafka_queue_poll(queue.ptr, ms.saturating_add(1_000)) },
+        destroy: rd::rd_kafka_event_destroy,
+    };
+    if event.ptr.is_null() {
+        return Err(DescribeError(format!("no answer within {timeout:?}")));
+    }
+    // SAFETY: `event` is a live event returned by the poll above.
+    let code = unsafe { rd::rd_kafka_event_error(event.ptr) };
+    if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: as above; the string lives as long as the event.
+        let msg = unsafe { owned(rd::rd_kafka_event_error_string(event.ptr)) };
+        return Err(DescribeError(msg.unwrap_or_else(|| format!("{code:?}"))));
+    }
+    // SAFETY: as above; null when the event is of another type.
+    let result = unsafe { rd::rd_kafka_event_ListConsumerGroupOffsets_result(event.ptr) };
+    if result.is_null() {
+        return Err(DescribeError(
+            "librdkafka answered with another event".into(),
+        ));
+    }
+    let mut count = 0usize;
+    // SAFETY: `result` is live while `event` is; librdkafka sets `count` to
+    // the length of the returned array.
+    let groups = unsafe { rd::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut count) };
+    let mut out = Vec::new();
+    for i in 0..count {
+        // SAFETY: `groups` has `count` elements (librdkafka's contract).
+        let g = unsafe { *groups.add(i) };
+        if g.is_null() {
+            continue;
+        }
+        // SAFETY: `g` is a live group result owned by `event`.
+        let gerr = unsafe { rd::rd_kafka_group_result_error(g) };
+        if !gerr.is_null() {
+            // SAFETY: `gerr` is live while `event` is.
+            let msg = unsafe { owned(rd::rd_kafka_error_string(gerr)) }.unwrap_or_default();
+            return Err(DescribeError(format!(
+                "committed offsets of {group}: {msg}"
+            )));
+        }
+        // SAFETY: as above; null or a list owned by `event`.
+        let list = unsafe { rd::rd_kafka_group_result_partitions(g) };
+        // SAFETY: `list` is checked for null; `elems` has `cnt` elements.
+        unsafe {
+            if list.is_null() || (*list).elems.is_null() {
+                continue;
+            }
+            let cnt = usize::try_from((*list).cnt).unwrap_or(0);
+            for e in std::slice::from_raw_parts((*list).elems, cnt) {
+                if e.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || e.offset < 0 {
+                    continue;
+                }
+                if let Some(t) = owned(e.topic) {
+                    out.push((t, e.partition, e.offset));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -7,9 +7,10 @@
 //!   the names, then `DescribeConsumerGroups` (librdkafka's admin call: the
 //!   new protocol's `ConsumerGroupDescribe` for KIP-848 groups, classic
 //!   `DescribeGroups` for the others; see [`crate::describe`]);
-//! - committed offsets: `OffsetFetch`, through a consumer configured with the
-//!   group's id that never subscribes, so it never joins or disturbs the
-//!   group;
+//! - committed offsets: `OffsetFetch` for all the group's partitions at
+//!   once, through librdkafka's admin `ListConsumerGroupOffsets` on the same
+//!   client (no consumer of the group: it never joins or disturbs the group,
+//!   and no second client connects and looks up the coordinator);
 //! - log-end offsets: `ListOffsets` for "latest", batched per broker (one
 //!   request for a thousand partitions, not a thousand), read uncommitted as
 //!   Kafka's own tool does.
@@ -17,7 +18,6 @@
 //! The calls block; async callers run them on `spawn_blocking`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use weir_core::KafkaConfig;
 
-use crate::describe::describe_groups;
+use crate::describe::{describe_groups, list_group_offsets};
 
 /// Why a group could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -118,38 +118,28 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Reads groups and offsets. Keeps one offset-reading consumer per group it
-/// was asked about, so that `--watch` and the exporter reuse connections.
+/// Reads groups and offsets with one Kafka client, so that `--watch` and the
+/// exporter reuse its connections.
 pub struct LagReader {
-    kafka: KafkaConfig,
     timeout: Duration,
     meta: BaseConsumer,
-    by_group: Mutex<HashMap<String, BaseConsumer>>,
 }
 
 impl LagReader {
     /// A reader; `timeout` bounds each request to Kafka.
     pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, LagError> {
-        let meta = Self::consumer_config(kafka, None)
+        let meta = Self::consumer_config(kafka)
             .create()
             .map_err(kafka_err("creating the Kafka client"))?;
-        Ok(LagReader {
-            kafka: kafka.clone(),
-            timeout,
-            meta,
-            by_group: Mutex::new(HashMap::new()),
-        })
+        Ok(LagReader { timeout, meta })
     }
 
-    fn consumer_config(kafka: &KafkaConfig, group: Option<&str>) -> rdkafka::ClientConfig {
+    fn consumer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
         let mut c = kafka.client_config("lag");
         // Kafka's tool reads the high watermark, not the last stable offset.
         c.set("isolation.level", "read_uncommitted")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        if let Some(g) = group {
-            c.set("group.id", g);
-        }
         kafka.apply_overrides(&mut c);
         c
     }
@@ -232,11 +222,39 @@ impl LagReader {
     /// Reads one group: members, committed and log-end offsets.
     pub fn snapshot(&self, group: &str) -> Result<GroupSnapshot, LagError> {
         let t0 = std::time::Instant::now();
-        // Create the group's offset reader first: librdkafka starts looking
-        // up the group coordinator at once, while we read the group list.
-        self.ensure_group_consumer(group)?;
-        let info = self
-            .groups(Some(group))?
+        // Three independent reads, sent at the same time instead of one
+        // after the other: the group's description, the topics' partition
+        // counts, and the committed offsets; then the log-end offsets of the
+        // committed partitions of topics that exist. Only partitions a member
+        // owns but the group never committed need a second log-end request
+        // afterwards.
+        let panicked = || LagError::Describe("a Kafka reader thread panicked".into());
+        let (described, chain) = std::thread::scope(|scope| {
+            let described = scope.spawn(|| {
+                let r = self.groups(Some(group));
+                (r, t0.elapsed())
+            });
+            let topics = scope.spawn(|| self.topics());
+            let chain = (|| -> Result<_, LagError> {
+                let committed = self.committed(group)?;
+                let t_committed = t0.elapsed();
+                let topics = topics.join().unwrap_or_else(|_| Err(panicked()))?;
+                // Offsets of deleted topics are not shown (as before: the
+                // topic's metadata is what tells a partition exists).
+                let committed: BTreeMap<(String, i32), i64> = committed
+                    .into_iter()
+                    .filter(|((t, p), _)| topics.get(t).is_some_and(|n| p < n))
+                    .collect();
+                let ends = self.end_offsets(committed.keys())?;
+                Ok((topics, committed, ends, t_committed))
+            })();
+            let described = described
+                .join()
+                .unwrap_or_else(|_| (Err(panicked()), t0.elapsed()));
+            (described, chain)
+        });
+        let (groups, t_group) = described;
+        let info = groups?
             .into_iter()
             .find(|g| g.group == group)
             .unwrap_or(GroupInfo {
@@ -246,11 +264,7 @@ impl LagReader {
                 group_type: String::new(),
                 members: Vec::new(),
             });
-        let t_group = t0.elapsed();
-        let topics = self.topics()?;
-        let t_meta = t0.elapsed();
-        let committed = self.committed(group, &topics)?;
-        let t_committed = t0.elapsed();
+        let (topics, committed, mut ends, t_committed) = chain?;
         let mut owners: BTreeMap<(String, i32), usize> = BTreeMap::new();
         for (i, m) in info.members.iter().enumerate() {
             for (t, ps) in &m.assignment {
@@ -269,15 +283,22 @@ impl LagReader {
         if keys.is_empty() && info.members.is_empty() && info.state == "Dead" {
             return Err(LagError::GroupNotFound(group.to_string()));
         }
-        let ends = self.end_offsets(keys.iter())?;
+        let missing: Vec<(String, i32)> = keys
+            .iter()
+            .filter(|k| !committed.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            ends.extend(self.end_offsets(missing.iter())?);
+        }
         let at_ms = now_ms();
         tracing::debug!(
             group,
             partitions = keys.len(),
             group_ms = t_group.as_millis() as u64,
-            metadata_ms = (t_meta - t_group).as_millis() as u64,
-            committed_ms = (t_committed - t_meta).as_millis() as u64,
-            end_ms = (t0.elapsed() - t_committed).as_millis() as u64,
+            committed_ms = t_committed.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            uncommitted_end_requests = u8::from(!missing.is_empty()),
             "group read"
         );
         let partitions = keys
@@ -300,50 +321,13 @@ impl LagReader {
         })
     }
 
-    /// Committed offsets of `group` on every partition of `topics` (Kafka
-    /// answers one `OffsetFetch` for all of them); partitions never committed
-    /// are left out.
-    fn committed(
-        &self,
-        group: &str,
-        topics: &BTreeMap<String, i32>,
-    ) -> Result<BTreeMap<(String, i32), i64>, LagError> {
-        let mut tpl = TopicPartitionList::new();
-        for (t, n) in topics {
-            for p in 0..*n {
-                tpl.add_partition(t, p);
-            }
-        }
-        self.ensure_group_consumer(group)?;
-        let consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(c) = consumers.get(group) else {
-            return Ok(BTreeMap::new());
-        };
-        let got = c
-            .committed_offsets(tpl, self.timeout)
-            .map_err(kafka(format!("reading committed offsets of {group}")))?;
-        Ok(got
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) if e.error().is_ok() => {
-                    Some(((e.topic().to_string(), e.partition()), o))
-                }
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// Creates the consumer that reads `group`'s committed offsets, once.
-    fn ensure_group_consumer(&self, group: &str) -> Result<(), LagError> {
-        let mut consumers = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
-        if !consumers.contains_key(group) {
-            let c: BaseConsumer = Self::consumer_config(&self.kafka, Some(group))
-                .create()
-                .map_err(kafka("creating the offset reader"))?;
-            consumers.insert(group.to_string(), c);
-        }
-        Ok(())
+    /// Committed offsets of `group` on every partition it committed on
+    /// (Kafka answers one `OffsetFetch` for all of them); partitions never
+    /// committed are left out.
+    fn committed(&self, group: &str) -> Result<BTreeMap<(String, i32), i64>, LagError> {
+        let got = list_group_offsets(self.meta.client(), group, self.timeout)
+            .map_err(|e| LagError::Describe(e.to_string()))?;
+        Ok(got.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
     }
 
     /// Log-end offsets of `partitions`, in one batched request per broker.

@@ -58,6 +58,7 @@ fn read(
     reader: &LagReader,
     monitor: &mut LagMonitor,
     which: &Which,
+    time_index: bool,
 ) -> Result<Vec<GroupReport>, LagError> {
     let names: Vec<String> = match which {
         Which::One(g) => vec![g.clone()],
@@ -72,7 +73,9 @@ fn read(
             Err(LagError::GroupNotFound(_)) if !matches!(which, Which::One(_)) => continue,
             Err(e) => return Err(e),
         };
-        if let Err(e) = seed_from_time_index(reader, monitor, &snap) {
+        if !time_index {
+            // Lag in seconds builds up from the readings (--watch) instead.
+        } else if let Err(e) = seed_from_time_index(reader, monitor, &snap) {
             tracing::warn!(error = %e, "cannot read the broker's time index; lag in seconds builds up from readings instead");
         }
         reports.push(monitor.observe(&snap));
@@ -85,11 +88,12 @@ async fn read_async(
     reader: &Arc<LagReader>,
     monitor: LagMonitor,
     which: &Which,
+    time_index: bool,
 ) -> anyhow::Result<(LagMonitor, Result<Vec<GroupReport>, LagError>)> {
     let (r, w) = (reader.clone(), which.clone());
     tokio::task::spawn_blocking(move || {
         let mut monitor = monitor;
-        let res = read(&r, &mut monitor, &w);
+        let res = read(&r, &mut monitor, &w, time_index);
         (monitor, res)
     })
     .await
@@ -109,7 +113,7 @@ pub async fn run(
     let tty = std::io::stdout().is_terminal();
     let mut readings = 0u64;
     let code = loop {
-        let (m, res) = read_async(&reader, monitor, &which).await?;
+        let (m, res) = read_async(&reader, monitor, &which, !args.no_lag_time).await?;
         monitor = m;
         let reports = match res {
             Ok(r) => r,
@@ -200,7 +204,7 @@ pub async fn export(
             _ = tick.tick() => {}
         }
         let started = std::time::Instant::now();
-        let (m, res) = read_async(&reader, monitor, &which).await?;
+        let (m, res) = read_async(&reader, monitor, &which, true).await?;
         monitor = m;
         let reports = match res {
             Ok(r) => r,

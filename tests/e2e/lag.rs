@@ -140,6 +140,39 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
         }
     }
 
+    // --no-lag-time: the same offsets, owners and totals, without the
+    // time-index probes (lag in seconds only a lower bound on one reading).
+    let out = weir_output(
+        &["lag", "describe", &group, "--json", "--no-lag-time"],
+        [("WEIR_KAFKA_BROKERS", st.kafka.as_str())],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quick: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(quick["total_lag"], doc["total_lag"]);
+    assert_eq!(quick["uncommitted_partitions"], 2);
+    let parts = quick["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 6, "every assigned partition is shown");
+    for (p, q) in doc["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .zip(parts)
+    {
+        for k in ["topic", "partition", "committed", "end", "lag", "member_id"] {
+            assert_eq!(p[k], q[k], "{k} with --no-lag-time");
+        }
+        if q["lag"].as_i64().is_some_and(|l| l > 0) {
+            // Without the time index a first reading only knows a lower
+            // bound, which --watch readings raise.
+            assert_eq!(q["lag_seconds_at_least"], true, "a lower bound: {q}");
+        }
+    }
+
     // --watch --json: one document per reading; the window fills up.
     let watch = [
         "--watch",

@@ -22,6 +22,12 @@ pub struct ConsumerConfig {
     /// otherwise make a 5 GiB batch, twice with pipelining). A single larger
     /// record still makes a batch of its own.
     pub batch_max_bytes: usize,
+    /// Most bytes (compressed, as stored) one fetch asks for per partition
+    /// (librdkafka's `max.partition.fetch.bytes`, whose 1 MiB default made a
+    /// member catching up on a backlog hold several decompressed fetch
+    /// responses of 4–5 MiB per partition at once: 104–130 MiB RSS). A larger
+    /// record is still fetched whole.
+    pub fetch_partition_max_bytes: usize,
     /// Longest a batch waits to fill once its first record arrived: bounds
     /// latency at low traffic.
     #[serde(with = "humantime_serde")]
@@ -56,6 +62,7 @@ impl Default for ConsumerConfig {
             group: String::new(),
             batch_max_records: 5000,
             batch_max_bytes: 16 * 1024 * 1024,
+            fetch_partition_max_bytes: 256 * 1024,
             batch_max_wait: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(5),
@@ -97,6 +104,12 @@ impl Validate for ConsumerConfig {
                 "must be between 64 KiB (65536) and 1 GiB (1073741824)",
             ));
         }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&self.fetch_partition_max_bytes) {
+            return Err(ConfigError::new(
+                "consumer.fetch_partition_max_bytes",
+                "must be between 16 KiB (16384) and 64 MiB (67108864)",
+            ));
+        }
         if self.batch_max_wait > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "consumer.batch_max_wait",
@@ -129,7 +142,21 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_each_bound_names_its_key() {
         assert_eq!(ConsumerConfig::default().validate(), Ok(()));
-        let cases: [(&str, ConsumerConfig); 6] = [
+        let cases: [(&str, ConsumerConfig); 8] = [
+            (
+                "consumer.fetch_partition_max_bytes",
+                ConsumerConfig {
+                    fetch_partition_max_bytes: 16 * 1024 - 1,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.fetch_partition_max_bytes",
+                ConsumerConfig {
+                    fetch_partition_max_bytes: 64 * 1024 * 1024 + 1,
+                    ..ConsumerConfig::default()
+                },
+            ),
             (
                 "consumer.batch_max_bytes",
                 ConsumerConfig {

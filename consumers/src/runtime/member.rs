@@ -255,6 +255,15 @@ impl<A: Aggregator> GroupRuntime<A> {
             .set(
                 "queued.max.messages.kbytes",
                 (self.cfg.batch_max_bytes / 1024).to_string(),
+            )
+            // What still held the memory after that: each fetch response
+            // of up to 1 MiB per partition (librdkafka's default), kept
+            // decompressed (lz4: 4–5 MiB) until its last record is applied.
+            // 256 KiB per partition halved the anonymous memory of a member
+            // catching up on 300 000 access events (docs/benchmarks.md).
+            .set(
+                "max.partition.fetch.bytes",
+                self.cfg.fetch_partition_max_bytes.to_string(),
             );
         self.kafka.apply_overrides(&mut c);
         c.create_with_context(GroupContext::default())
