@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::events::BackendMetrics;
+use crate::upstream::IdleConns;
 
 /// Where a backend comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,8 +84,12 @@ pub struct Backend {
     pub sticky_id: String,
     /// Ring hash key (ip_hash).
     pub hash: u64,
-    /// Parsed authority, for request URIs.
-    pub uri_authority: hyper::http::uri::Authority,
+    /// `http://host:port/`, to connect to.
+    pub connect_uri: hyper::Uri,
+    /// `host:port`, the `Host` of a request that came without one.
+    pub host_header: hyper::header::HeaderValue,
+    /// Kept-alive connections waiting for a request.
+    pub conns: IdleConns,
     inflight: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Configured weight (static), or 1 (fleet).
@@ -165,15 +170,19 @@ impl Backend {
     pub fn new(pool: &str, authority: &str, source: Source, weight: u32) -> Backend {
         let now = Instant::now();
         let hash = hash64(authority.as_bytes());
-        let uri_authority = authority
+        let connect_uri = format!("http://{authority}/")
             .parse()
-            .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid.invalid"));
+            .unwrap_or_else(|_| hyper::Uri::from_static("http://invalid.invalid/"));
+        let host_header = hyper::header::HeaderValue::from_str(authority)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("invalid.invalid"));
         Backend {
             authority: authority.to_string(),
             pool: pool.to_string(),
             sticky_id: format!("{:012x}", hash >> 16),
             hash,
-            uri_authority,
+            connect_uri,
+            host_header,
+            conns: IdleConns::default(),
             inflight: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             weight: AtomicU32::new(weight),

@@ -9,6 +9,7 @@
 //! - [`pool`]: membership, picking (panic mode, stickiness), retry budget;
 //! - [`proxy`]: routing and proxying one request;
 //! - [`server`]: the listener (`SO_REUSEPORT`, drain) and the admin router;
+//! - [`upstream`]: kept-alive connections to the backends;
 //! - [`events`]: internal events (logs and metrics).
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod pool;
 pub mod proxy;
 pub mod server;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +72,11 @@ pub async fn run(
         ));
     }
     tokio::spawn(server::apply_fleet(balancer.clone(), rx.clone()));
+    tokio::spawn(server::reap_idle(
+        balancer.clone(),
+        cfg.idle_timeout,
+        shutdown.clone(),
+    ));
     if let Some(admin) = admin {
         let app = server::admin_router(balancer.clone(), rx, ready_rx).merge(extra);
         let stop = shutdown.clone();

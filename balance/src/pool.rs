@@ -406,6 +406,13 @@ impl Pool {
         }
     }
 
+    /// Closes its backends' connections idle for `max_idle`; returns how
+    /// many stay open.
+    pub fn reap_idle(&self, now: Instant, max_idle: Duration) -> usize {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.values().map(|b| b.conns.reap(now, max_idle)).sum()
+    }
+
     /// The pool's state for the admin page.
     pub fn describe(&self, now: Instant) -> serde_json::Value {
         let m = self.membership();

@@ -16,8 +16,10 @@
 //!   `101`, bytes are copied both ways until either side closes.
 //! - Bodies stream both ways, never buffered.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -32,9 +34,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use weir_core::{InternalEvent, InternalEventHandle};
 
 use crate::algorithm::NoBackend;
@@ -43,6 +43,7 @@ use crate::config::{BalanceConfig, DEFAULT_POOL};
 use crate::events::{Attempted, RequestFailed, Retried};
 use crate::fleet::FleetView;
 use crate::pool::{PickHints, Pool, PoolSettings};
+use crate::upstream::{checkin, Connector, SendError, Sender};
 
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,12 +68,12 @@ struct Route {
     pool: Arc<Pool>,
 }
 
-/// The pools, the routes and the client to the backends.
+/// The pools, the routes and the connections to the backends.
 pub struct Balancer {
     pools: Vec<Arc<Pool>>,
     default: Arc<Pool>,
     routes: Vec<Route>,
-    client: Client<HttpConnector, Body>,
+    connector: Connector,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     retries: u32,
@@ -125,20 +126,11 @@ impl Balancer {
         let mut pools: Vec<Arc<Pool>> = by_name.into_values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Balancer {
             pools,
             default,
             routes,
-            client,
+            connector: Connector::new(cfg.connect_timeout, cfg.idle_timeout),
             first_byte_timeout: cfg.first_byte_timeout,
             idle_timeout: cfg.idle_timeout,
             retries: cfg.retries,
@@ -168,6 +160,16 @@ impl Balancer {
         }
     }
 
+    /// Closes the backends' connections idle for `balance.idle_timeout`
+    /// (or closed by the backend); returns how many stay open.
+    pub fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .map(|p| p.reap_idle(now, self.connector.max_idle()))
+            .sum()
+    }
+
     /// The pool of a request: the longest matching route, else `default`.
     pub fn route(&self, host: Option<&str>, path: &str) -> &Arc<Pool> {
         for r in &self.routes {
@@ -186,8 +188,10 @@ impl Balancer {
 
     fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{n:016x}", self.id_seed))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let mut id = [0u8; 32];
+        hex(self.id_seed, &mut id[..16]);
+        hex(n, &mut id[16..]);
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 
     /// Proxies one client request from `peer`.
@@ -196,30 +200,17 @@ impl Balancer {
         peer: SocketAddr,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        let host = request_host(&req);
+        // Cheap copies (shared bytes) the host can borrow from while the
+        // request is taken apart.
+        let host_header = req.headers().get(header::HOST).cloned();
+        let authority = req.uri().authority().cloned();
+        let host = request_host(host_header.as_ref(), authority.as_ref());
         let pool = self.route(host.as_deref(), req.uri().path()).clone();
         let now = Instant::now();
         pool.budget.deposit(now);
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let request_id = parts
-            .headers
-            .get(&X_REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(|| self.request_id());
-        let headers = forward_headers(
-            &parts.headers,
-            peer.ip(),
-            host.as_deref(),
-            upgrade,
-            request_id,
-        );
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let bodiless = body.is_end_stream();
         let retryable = bodiless
             && (matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -229,6 +220,28 @@ impl Balancer {
             .sticky
             .then(|| cookie(&parts.headers, STICKY_COOKIE))
             .flatten();
+        let request_id = match parts.headers.get(&X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => self.request_id(),
+        };
+        let mut headers = forward_headers(
+            parts.headers,
+            peer.ip(),
+            host.as_deref(),
+            upgrade,
+            request_id,
+        );
+        // Backends get the origin form (`/path?query`), also of a request
+        // that came in absolute form.
+        let target = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+            parts.uri
+        } else {
+            parts
+                .uri
+                .path_and_query()
+                .map(|pq| Uri::from(pq.clone()))
+                .unwrap_or_else(|| Uri::from_static("/"))
+        };
         let hints = PickHints {
             client: Some(peer.ip()),
             sticky: sticky.as_deref(),
@@ -258,28 +271,32 @@ impl Balancer {
                     None => empty(),
                 }
             };
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(backend.uri_authority.clone())
-                .path_and_query(path.clone())
-                .build();
-            let Ok(uri) = uri else {
-                return Ok(fail(&pool.name, StatusCode::BAD_REQUEST, "bad_uri"));
-            };
+            // The headers are needed again only if this attempt may be
+            // retried.
+            let last = !retryable || tried.len() >= self.retries as usize;
             let mut up = Request::new(req_body);
             *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            *up.headers_mut() = headers.clone();
+            *up.uri_mut() = target.clone();
+            *up.headers_mut() = if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            if !up.headers().contains_key(header::HOST) {
+                up.headers_mut()
+                    .insert(header::HOST, backend.host_header.clone());
+            }
             let started = Instant::now();
             let result =
-                tokio::time::timeout(self.first_byte_timeout, self.client.request(up)).await;
+                tokio::time::timeout(self.first_byte_timeout, self.connector.send(&backend, up))
+                    .await;
             let done = Instant::now();
             let elapsed = done.duration_since(started);
             let outcome = match &result {
-                Ok(Ok(r)) if r.status().is_server_error() => Outcome::ServerError,
+                Ok(Ok((r, _))) if r.status().is_server_error() => Outcome::ServerError,
                 Ok(Ok(_)) => Outcome::Success,
-                Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed,
-                Ok(Err(_)) => Outcome::Broken,
+                Ok(Err(SendError::Connect)) => Outcome::ConnectFailed,
+                Ok(Err(SendError::Broken)) => Outcome::Broken,
                 Err(_) => Outcome::Timeout,
             };
             backend.metrics.emit(Attempted {
@@ -294,7 +311,7 @@ impl Balancer {
             }
             pool.record(&backend, outcome, done);
             match result {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, conn))) => {
                     let set_cookie = (pool.settings.sticky
                         && sticky.as_deref() != Some(backend.sticky_id.as_str()))
                     .then(|| {
@@ -305,7 +322,7 @@ impl Balancer {
                         .ok()
                     })
                     .flatten();
-                    return Ok(self.respond(resp, guard, client_upgrade, set_cookie));
+                    return Ok(self.respond(resp, conn, guard, client_upgrade, set_cookie));
                 }
                 Ok(Err(_)) => {
                     // Nothing reached the backend (connect failed), or an
@@ -343,12 +360,15 @@ impl Balancer {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
+        conn: Sender,
         guard: InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         set_cookie: Option<HeaderValue>,
     ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
+                // The connection is the tunnel's now: never pooled.
+                drop(conn);
                 let backend = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     let _inflight = guard;
@@ -366,10 +386,19 @@ impl Balancer {
         if let Some(c) = set_cookie {
             parts.headers.append(header::SET_COOKIE, c);
         }
+        // A response read whole with its head frees its connection now;
+        // else the body gives it back at its end.
+        let conn = if conn.is_ready() {
+            checkin(guard.backend(), conn);
+            None
+        } else {
+            Some(conn)
+        };
         let body = Upstream {
             inner: body,
             guard: Some(guard),
-            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+            conn,
+            idle: None,
             idle_timeout: self.idle_timeout,
             last: Instant::now(),
         };
@@ -377,7 +406,7 @@ impl Balancer {
     }
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
@@ -413,18 +442,32 @@ fn fail(pool: &str, status: StatusCode, reason: &'static str) -> Response<Body> 
 }
 
 /// The request's host, lowercased, without its port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(header::HOST)
+fn request_host<'a>(
+    host: Option<&'a HeaderValue>,
+    authority: Option<&'a hyper::http::uri::Authority>,
+) -> Option<Cow<'a, str>> {
+    let raw = host
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+        .or_else(|| authority.map(|a| a.as_str()))?;
     let host = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {
         raw.split(':').next().unwrap_or(raw)
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+/// Writes `n` as lower-case hex digits into `out` (its last 16 bytes, at
+/// most).
+fn hex(mut n: u64, out: &mut [u8]) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// A request asking to switch protocols (`Connection: upgrade` and an
@@ -470,56 +513,60 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The headers sent to the backend: the client's, less hop-by-hop ones,
 /// plus the forwarding headers and the request id.
 pub fn forward_headers(
-    src: &HeaderMap,
+    mut h: HeaderMap,
     peer: IpAddr,
     host: Option<&str>,
     upgrade: bool,
     request_id: HeaderValue,
 ) -> HeaderMap {
-    let mut h = src.clone();
-    strip_hop_by_hop(&mut h);
-    if upgrade {
-        if let Some(u) = src.get(header::UPGRADE) {
-            h.insert(header::UPGRADE, u.clone());
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-    let ip = peer.to_string();
-    let joined = |name: &HeaderName, add: &str| -> HeaderValue {
-        let prev: Vec<&str> = src
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let v = if prev.is_empty() {
-            add.to_string()
-        } else {
-            format!("{}, {add}", prev.join(", "))
-        };
-        HeaderValue::from_str(&v).unwrap_or_else(|_| {
-            HeaderValue::from_str(add).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-        })
-    };
-    let xff = joined(&X_FORWARDED_FOR, &ip);
-    h.insert(X_FORWARDED_FOR, xff);
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    let node = if peer.is_ipv6() {
-        format!("\"[{ip}]\"")
+    let upgrade = upgrade.then(|| h.get(header::UPGRADE).cloned()).flatten();
+    // `X-Forwarded-For` and `Forwarded` as the client sent them, joined
+    // with this hop: read before the hop-by-hop headers go.
+    let mut ip = String::with_capacity(48);
+    let _ = write!(ip, "{peer}");
+    let xff = joined(&h, &X_FORWARDED_FOR, &ip);
+    let mut fwd = String::with_capacity(64);
+    if peer.is_ipv6() {
+        let _ = write!(fwd, "for=\"[{ip}]\";proto=http");
     } else {
-        ip
-    };
-    let mut fwd = format!("for={node};proto=http");
+        let _ = write!(fwd, "for={ip};proto=http");
+    }
     if let Some(host) = host.filter(|h| {
         !h.is_empty()
             && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     }) {
-        fwd.push_str(&format!(";host=\"{host}\""));
+        let _ = write!(fwd, ";host=\"{host}\"");
     }
-    let f = joined(&header::FORWARDED, &fwd);
-    h.insert(header::FORWARDED, f);
+    let fwd = joined(&h, &header::FORWARDED, &fwd);
+    strip_hop_by_hop(&mut h);
+    if let Some(u) = upgrade {
+        h.insert(header::UPGRADE, u);
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    h.insert(X_FORWARDED_FOR, xff);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    h.insert(header::FORWARDED, fwd);
     h.insert(X_REQUEST_ID, request_id);
     h
+}
+
+/// The values of `name` in `h`, joined with `, `, then `add`.
+fn joined(h: &HeaderMap, name: &HeaderName, add: &str) -> HeaderValue {
+    let mut v = String::new();
+    for prev in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        v.push_str(prev);
+        v.push_str(", ");
+    }
+    let v = if v.is_empty() {
+        Bytes::copy_from_slice(add.as_bytes())
+    } else {
+        v.push_str(add);
+        Bytes::from(v)
+    };
+    HeaderValue::from_maybe_shared(v).unwrap_or_else(|_| {
+        HeaderValue::from_str(add).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    })
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -540,7 +587,10 @@ pub fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
 struct Upstream {
     inner: Incoming,
     guard: Option<InFlight>,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// The connection it comes on, to give back at its end.
+    conn: Option<Sender>,
+    /// Armed the first time the backend makes it wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_timeout: Duration,
     last: Instant,
 }
@@ -560,24 +610,37 @@ impl HttpBody for Upstream {
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
                 this.guard = None;
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                if let (Some(conn), Some(guard)) = (this.conn.take(), &this.guard) {
+                    checkin(guard.backend(), conn);
+                }
                 this.guard = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                // The timer is re-armed lazily: only when it fires is the
-                // time of the last frame looked at.
-                while this.idle.as_mut().poll(cx).is_ready() {
+                // The timer is armed the first time the backend makes the
+                // body wait (most bodies come whole with their head), and
+                // re-armed lazily: only when it fires is the time of the
+                // last frame looked at.
+                let idle_timeout = this.idle_timeout;
+                let last = this.last;
+                let idle = this.idle.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                        last + idle_timeout,
+                    )))
+                });
+                while idle.as_mut().poll(cx).is_ready() {
                     let deadline = this.last + this.idle_timeout;
                     if Instant::now() >= deadline {
+                        this.conn = None;
                         this.guard = None;
                         return Poll::Ready(Some(Err("the backend's response stalled".into())));
                     }
-                    this.idle
-                        .as_mut()
+                    idle.as_mut()
                         .reset(tokio::time::Instant::from_std(deadline));
                 }
                 Poll::Pending
@@ -591,6 +654,19 @@ impl HttpBody for Upstream {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // A body the server never polled to its end (it knew the length)
+        // but that was read whole still frees its connection; one dropped
+        // half-read (the client went away) closes it.
+        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
+            if self.inner.is_end_stream() {
+                checkin(guard.backend(), conn);
+            }
+        }
     }
 }
 
@@ -623,7 +699,7 @@ mod tests {
         );
         h.insert("x-kept", HeaderValue::from_static("yes"));
         let out = forward_headers(
-            &h,
+            h.clone(),
             "127.0.0.1".parse().expect("ip"),
             Some("example.com"),
             false,
@@ -647,6 +723,28 @@ mod tests {
             "for=203.0.113.9, for=127.0.0.1;proto=http;host=\"example.com\""
         );
         assert_eq!(out["x-request-id"], "rid-1");
+        // Several X-Forwarded-For lines are joined in order, this hop last.
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        let out = forward_headers(
+            h,
+            "10.0.0.1".parse().expect("ip"),
+            None,
+            false,
+            HeaderValue::from_static("rid-2"),
+        );
+        assert_eq!(
+            out["x-forwarded-for"],
+            "203.0.113.9, 198.51.100.7, 10.0.0.1"
+        );
+        assert_eq!(out["forwarded"], "for=203.0.113.9, for=10.0.0.1;proto=http");
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_seed_then_counter() {
+        let mut id = [0u8; 32];
+        hex(0xdead_beef, &mut id[..16]);
+        hex(u64::MAX, &mut id[16..]);
+        assert_eq!(&id, b"00000000deadbeefffffffffffffffff");
     }
 
     #[test]
@@ -656,7 +754,7 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
         let out = forward_headers(
-            &h,
+            h.clone(),
             "::1".parse().expect("ip"),
             Some("bad\"host"),
             true,

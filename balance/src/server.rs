@@ -228,6 +228,23 @@ pub async fn apply_fleet(balancer: Arc<Balancer>, mut rx: watch::Receiver<Arc<Fl
     }
 }
 
+/// Closes the backends' connections idle for `idle_timeout`, checking
+/// every half of it, until `shutdown`.
+pub async fn reap_idle(
+    balancer: Arc<Balancer>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        balancer.reap_idle();
+    }
+}
+
 /// The admin router: `/pools` (every backend's state and why), `/livez`,
 /// `/readyz` (a snapshot of the fleet was read, or no pool needs one).
 pub fn admin_router(
