@@ -71,6 +71,33 @@ impl<T> Drop for Guard<T> {
     }
 }
 
+/// Waits for the answer to the admin request sent on `queue` (which times
+/// out on its own after `ms`; we wait a little longer so that its own
+/// timeout error, not ours, is what the caller sees), and fails with the
+/// event's error if it carries one.
+fn admin_answer(
+    queue: &Guard<rd::rd_kafka_queue_t>,
+    ms: i32,
+    timeout: Duration,
+) -> Result<Guard<rd::rd_kafka_event_t>, DescribeError> {
+    // SAFETY: `queue` is live (its guard is borrowed).
+    let event = Guard {
+        ptr: unsafe { rd::rd_kafka_queue_poll(queue.ptr, ms.saturating_add(1_000)) },
+        destroy: rd::rd_kafka_event_destroy,
+    };
+    if event.ptr.is_null() {
+        return Err(DescribeError(format!("no answer within {timeout:?}")));
+    }
+    // SAFETY: `event` is a live event returned by the poll above.
+    let code = unsafe { rd::rd_kafka_event_error(event.ptr) };
+    if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: as above; the string lives as long as the event.
+        let msg = unsafe { owned(rd::rd_kafka_event_error_string(event.ptr)) };
+        return Err(DescribeError(msg.unwrap_or_else(|| format!("{code:?}"))));
+    }
+    Ok(event)
+}
+
 /// A NUL-terminated string from librdkafka, copied; `None` for null.
 ///
 /// SAFETY (caller): `p` is null or points to a NUL-terminated string that
@@ -150,23 +177,7 @@ pub(crate) fn describe_groups<C: ClientContext>(
             queue.ptr,
         )
     };
-    // The request times out on its own after `ms`; wait a little longer so
-    // that its own timeout error, not ours, is what we see.
-    // SAFETY: `queue` is live.
-    let event = Guard {
-        ptr: unsafe { rd::rd_kafka_queue_poll(queue.ptr, ms.saturating_add(1_000)) },
-        destroy: rd::rd_kafka_event_destroy,
-    };
-    if event.ptr.is_null() {
-        return Err(DescribeError(format!("no answer within {timeout:?}")));
-    }
-    // SAFETY: `event` is a live event returned by the poll above.
-    let code = unsafe { rd::rd_kafka_event_error(event.ptr) };
-    if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        // SAFETY: as above; the string lives as long as the event.
-        let msg = unsafe { owned(rd::rd_kafka_event_error_string(event.ptr)) };
-        return Err(DescribeError(msg.unwrap_or_else(|| format!("{code:?}"))));
-    }
+    let event = admin_answer(&queue, ms, timeout)?;
     // SAFETY: as above; null when the event is of another type.
     let result = unsafe { rd::rd_kafka_event_DescribeConsumerGroups_result(event.ptr) };
     if result.is_null() {
@@ -330,21 +341,7 @@ pub(crate) fn list_group_offsets<C: ClientContext>(
     unsafe {
         rd::rd_kafka_ListConsumerGroupOffsets(rk, one.as_mut_ptr(), 1, options.ptr, queue.ptr)
     };
-    // SAFETY: `queue` is live.
-    let event = Guard {
-        ptr: unsafe { rd::rd_kafka_queue_poll(queue.ptr, ms.saturating_add(1_000)) },
-        destroy: rd::rd_kafka_event_destroy,
-    };
-    if event.ptr.is_null() {
-        return Err(DescribeError(format!("no answer within {timeout:?}")));
-    }
-    // SAFETY: `event` is a live event returned by the poll above.
-    let code = unsafe { rd::rd_kafka_event_error(event.ptr) };
-    if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        // SAFETY: as above; the string lives as long as the event.
-        let msg = unsafe { owned(rd::rd_kafka_event_error_string(event.ptr)) };
-        return Err(DescribeError(msg.unwrap_or_else(|| format!("{code:?}"))));
-    }
+    let event = admin_answer(&queue, ms, timeout)?;
     // SAFETY: as above; null when the event is of another type.
     let result = unsafe { rd::rd_kafka_event_ListConsumerGroupOffsets_result(event.ptr) };
     if result.is_null() {
