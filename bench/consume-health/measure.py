@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--pg-pid", type=int, required=True)
     ap.add_argument("--kafka-pid", type=int, required=True)
     ap.add_argument("--redis-pid", type=int, required=True)
+    ap.add_argument("--wrap", default="", help="command prefix for each member (perf)")
     a = ap.parse_args()
 
     psql = Psql(a.db_url)
@@ -70,7 +71,8 @@ def main():
                 "postgres: rest of the server": tree_ticks(a.pg_pid) - mine,
                 "kafka": tree_ticks(a.kafka_pid), "redis": tree_ticks(a.redis_pid)}
 
-    reports = run_members(a, "health", psql, sum_sql, "reports", services, res)
+    reports = run_members(a, "health", psql, sum_sql, "reports", services, res,
+                          wrap=a.wrap.split(), stop_timeout=120.0 if a.wrap else 60.0)
 
     # Exactly once: after every member stopped, the effects count N, once.
     final = {

@@ -15,7 +15,7 @@ import json
 import statistics
 import sys
 
-TARGET = 0.5
+TARGET = 0.7  # issue 13: >= 0.7x kcat -C, one member and two
 DISTURBED = 0.20  # of one core
 
 
@@ -63,8 +63,26 @@ def main() -> None:
     def flag(w, o):
         return " ⚠" if o / w > DISTURBED else ""
 
+    by_m = {}
+    for r in results:
+        if "t_done" in r and r.get("batch", "-") == "-" and r.get("rdkafka", "-") == "-":
+            by_m.setdefault(r["members"], []).append(
+                (r["rate_from_start"] / k_rate, (r.get("rate_from_first") or 0) / k_rate,
+                 max((x or 0 for x in r.get("member_hwm_kb", [])), default=0)))
+    if by_m:
+        print(f"Summary, default configuration (each run ÷ the kcat median; target ≥ {TARGET}):")
+        print()
+        print("| members | runs | ÷ kcat from start, median (min–max) | from first commit | largest member peak RSS |")
+        print("|---:|---:|---|---|---:|")
+        for m in sorted(by_m):
+            xs = sorted(x[0] for x in by_m[m])
+            ys = sorted(x[1] for x in by_m[m])
+            print(f"| {m} | {len(xs)} | {statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f}) | "
+                  f"{statistics.median(ys):.2f} ({ys[0]:.2f}–{ys[-1]:.2f}) | "
+                  f"{max(x[2] for x in by_m[m]) / 1024:.0f} MiB |")
+        print()
     print("| reader | wall s | events/s | ÷ kcat median | ÷ fastest kcat | from first commit: events/s "
-          "| ÷ kcat median | target ≥ 0.5 × kcat (median) |")
+          "| ÷ kcat median | target ≥ 0.7 × kcat (median) |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     runs = ", ".join(f"{w:.2f}{flag(w, o)}" for w, _, o in kc["default"])
     print(f"| **`kcat -C … -e -o beginning -q > /dev/null`** (reference), median of {len(kcat)} "
