@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::Value;
-use weir_testkit::groups::{delete_groups, produce, GroupMember};
+use weir_testkit::groups::{commit_without_joining, delete_groups, produce, GroupMember};
 use weir_testkit::{repo_root, stack, unique, TestTopics};
 
 use crate::{weir, weir_output};
@@ -228,6 +228,59 @@ async fn describe_matches_kafkas_consumer_groups_tool() {
         [("WEIR_KAFKA_BROKERS", &st.kafka)],
     );
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// A group over more partitions than one offsets request carries (weir
+/// splits them into requests of 512): every partition is read once, with the
+/// right committed and log-end offsets and lag in seconds, as Kafka's tool
+/// reads them, with and without the time-index probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_spans_several_offset_requests() {
+    const PARTITIONS: i32 = 1100;
+    let st = stack();
+    let topics = TestTopics::create(&st, PARTITIONS).await;
+    let h = topics.health.as_str();
+    // Records on partitions at the edges of each 512-partition request.
+    let filled = [0, 1, 511, 512, 513, 1023, 1024, 1099];
+    let mut expected_lag = 0;
+    for (i, p) in filled.iter().enumerate() {
+        produce(&st.kafka, h, *p, 3 + i).await;
+        expected_lag += 3 + i as i64 - 1;
+    }
+    let group = unique("lag-chunks");
+    let offsets: Vec<(&str, i32, i64)> = (0..PARTITIONS)
+        .map(|p| (h, p, i64::from(filled.contains(&p))))
+        .collect();
+    commit_without_joining(&st.kafka, &group, &offsets);
+
+    let (brokers, g) = (st.kafka.clone(), group.clone());
+    let theirs = std::thread::spawn(move || kafka_tool(&brokers, &g));
+    let (ours, doc, code) = weir_lag(&st.kafka, &group);
+    let theirs = theirs.join().expect("tool thread");
+    assert_eq!(ours.len(), PARTITIONS as usize, "every partition, once");
+    assert_eq!(
+        ours, theirs,
+        "weir vs Kafka's tool over {PARTITIONS} partitions"
+    );
+    assert_eq!(doc["total_lag"], expected_lag);
+    assert_eq!(code, 5, "lag and no member: stopped");
+    for p in doc["partitions"].as_array().expect("partitions") {
+        if p["lag"].as_i64().is_some_and(|l| l > 0) {
+            let s = p["lag_seconds"].as_f64().expect("lag in seconds");
+            assert!((0.0..300.0).contains(&s), "lag in seconds {s} for {p}");
+        }
+    }
+    let out = weir_output(
+        &["lag", "describe", &group, "--json", "--no-lag-time"],
+        [("WEIR_KAFKA_BROKERS", st.kafka.as_str())],
+    );
+    let quick: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(quick["total_lag"], expected_lag);
+    assert_eq!(
+        quick["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize)
+    );
+    delete_groups(&st.kafka, &[&group]);
 }
 
 /// `weir lag advise` on a group that takes 2 records for every 5 produced, on
