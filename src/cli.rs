@@ -246,6 +246,20 @@ pub enum GenCommand {
     /// Synthetic access events (deterministic for a seed); prints the totals
     /// produced as JSON on stdout.
     Access(GenAccessArgs),
+    /// Send the records of a file (`key<TAB>value` lines, as `gen access
+    /// --write-to` writes them) to the access topic through Weir's producer,
+    /// byte for byte and as fast as Kafka takes them; prints the totals as
+    /// JSON. Replays a captured load, and measures the producer alone.
+    Replay(GenReplayArgs),
+}
+
+/// `weir gen replay`.
+#[derive(Debug, Args)]
+pub struct GenReplayArgs {
+    /// The file: one record per line, the key before the first tab (a line
+    /// without a tab is a record without a key); empty lines are skipped.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `weir gen access`.

@@ -19,7 +19,7 @@ use weir_consumers::access::minute_of;
 use weir_producers::{DeliveryHook, EventProducer, ProduceError};
 use weir_schemas::{AccessEvent, CacheOutcome, Event};
 
-use crate::cli::GenAccessArgs;
+use crate::cli::{GenAccessArgs, GenReplayArgs};
 use crate::config::{Config, ConfigError};
 
 /// What to generate.
@@ -376,6 +376,105 @@ fn write_records(spec: &GenSpec, path: &std::path::Path) -> anyhow::Result<GenTo
     totals.elapsed_secs = started.elapsed().as_secs_f64();
     totals.rate_per_sec = (totals.events + totals.poison) as f64 / totals.elapsed_secs.max(1e-9);
     Ok(totals)
+}
+
+/// What `weir gen replay` sent, as JSON on stdout.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplayTotals {
+    /// Topic the records went to.
+    pub topic: String,
+    /// Records read from the file and queued.
+    pub records: u64,
+    /// Records Kafka acknowledged.
+    pub acknowledged: u64,
+    /// Records Kafka refused or that were not acknowledged in time.
+    pub failed: u64,
+    /// Bytes of keys and values sent.
+    pub bytes: u64,
+    /// Seconds from the first record read to the last report.
+    pub elapsed_secs: f64,
+    /// Records acknowledged per second.
+    pub rate_per_sec: f64,
+}
+
+/// Delivery reports of a replay: counters only, bumped on the producer's
+/// polling thread.
+#[derive(Default)]
+struct ReplayTally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// `weir gen replay FILE`: the file's records, byte for byte, through the
+/// producer the agent and the edge use.
+pub async fn replay_command(
+    cfg: &Config,
+    a: GenReplayArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let file =
+        std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+    let producer = Arc::new(weir_producers::EventProducer::new(&cfg.kafka, "gen")?);
+    super::require_topic(&producer, &cfg.topics.access, "topics.access").await?;
+    let topic = cfg.topics.access.as_str();
+    let tally = Arc::new(ReplayTally::default());
+    let mut totals = ReplayTotals {
+        topic: topic.to_string(),
+        ..ReplayTotals::default()
+    };
+    let started = Instant::now();
+    let mut lines = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        let n = lines
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        if n == 0 || shutdown.is_cancelled() {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = match line.iter().position(|&b| b == b'\t') {
+            Some(t) => (Some(&line[..t]), &line[t + 1..]),
+            None => (None, &line[..]),
+        };
+        loop {
+            let t = tally.clone();
+            let hook: DeliveryHook = Box::new(move |r| {
+                let c = if r.is_ok() { &t.ok } else { &t.failed };
+                c.fetch_add(1, Ordering::Relaxed);
+            });
+            match producer.enqueue_raw_with(topic, key, value, "access", hook) {
+                Ok(()) => break,
+                Err(ProduceError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => return Err(e).context("producing a replayed record"),
+            }
+        }
+        totals.records += 1;
+        totals.bytes += (key.map_or(0, <[u8]>::len) + value.len()) as u64;
+    }
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30))).await;
+    let reported = || tally.ok.load(Ordering::Relaxed) + tally.failed.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reported() < totals.records && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    totals.acknowledged = tally.ok.load(Ordering::Relaxed);
+    totals.failed = totals.records - totals.acknowledged;
+    totals.elapsed_secs = started.elapsed().as_secs_f64();
+    totals.rate_per_sec = totals.acknowledged as f64 / totals.elapsed_secs.max(1e-9);
+    println!("{}", serde_json::to_string(&totals)?);
+    if totals.failed > 0 {
+        anyhow::bail!("{} records were not acknowledged by Kafka", totals.failed);
+    }
+    Ok(())
 }
 
 /// `weir gen access`: produces synthetic access events and prints totals.

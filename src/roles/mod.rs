@@ -134,6 +134,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(GenCommand::Access(a)) => gen::command(&cfg, a, shutdown).await,
+        Command::Gen(GenCommand::Replay(a)) => gen::replay_command(&cfg, a, shutdown).await,
         Command::Dlq(DlqCommand::List(a)) => dlq::list_command(&cfg, a).await,
         Command::Dlq(DlqCommand::Replay(a)) => dlq::replay_command(&cfg, a).await,
         Command::Center(_) => {

@@ -44,6 +44,7 @@ mod lag;
 mod lag_closed_loop;
 mod lag_export;
 mod promtool;
+mod replay;
 mod report;
 mod security;
 mod topics_scale;
