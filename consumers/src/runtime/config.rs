@@ -28,6 +28,14 @@ pub struct ConsumerConfig {
     /// responses of 4–5 MiB per partition at once: 104–130 MiB RSS). A larger
     /// record is still fetched whole.
     pub fetch_partition_max_bytes: usize,
+    /// Most bytes (compressed) one fetch asks for over all partitions of
+    /// the topic: each partition gets this divided by the topic's partition
+    /// count, at most `fetch_partition_max_bytes` and at least 16 KiB. A
+    /// member holds roughly its fetched buffers per partition it owns, so a
+    /// fixed per-partition size made its memory grow with the partition
+    /// count (a health member catching up: 90 MiB on 6 partitions, 166 MiB
+    /// on 12; docs/benchmarks.md).
+    pub fetch_total_max_bytes: usize,
     /// Longest a batch waits to fill once its first record arrived: bounds
     /// latency at low traffic.
     #[serde(with = "humantime_serde")]
@@ -63,6 +71,7 @@ impl Default for ConsumerConfig {
             batch_max_records: 5000,
             batch_max_bytes: 16 * 1024 * 1024,
             fetch_partition_max_bytes: 256 * 1024,
+            fetch_total_max_bytes: 1024 * 1024,
             batch_max_wait: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(5),
@@ -81,6 +90,15 @@ impl ConsumerConfig {
         } else {
             self.group.clone()
         }
+    }
+}
+
+impl ConsumerConfig {
+    /// `max.partition.fetch.bytes` for a topic of `partitions` partitions:
+    /// the total budget shared out, within [16 KiB, the per-partition cap].
+    pub fn fetch_bytes_per_partition(&self, partitions: usize) -> usize {
+        (self.fetch_total_max_bytes / partitions.max(1))
+            .clamp(16 * 1024, self.fetch_partition_max_bytes.max(16 * 1024))
     }
 }
 
@@ -108,6 +126,12 @@ impl Validate for ConsumerConfig {
             return Err(ConfigError::new(
                 "consumer.fetch_partition_max_bytes",
                 "must be between 16 KiB (16384) and 64 MiB (67108864)",
+            ));
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.fetch_total_max_bytes) {
+            return Err(ConfigError::new(
+                "consumer.fetch_total_max_bytes",
+                "must be between 64 KiB (65536) and 1 GiB (1073741824)",
             ));
         }
         if self.batch_max_wait > Duration::from_secs(60) {
@@ -140,9 +164,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fetch_budget_is_shared_by_the_partitions() {
+        let c = ConsumerConfig::default();
+        assert_eq!(
+            c.fetch_bytes_per_partition(1),
+            256 * 1024,
+            "capped per partition"
+        );
+        assert_eq!(c.fetch_bytes_per_partition(4), 256 * 1024);
+        assert_eq!(c.fetch_bytes_per_partition(6), 1024 * 1024 / 6);
+        assert_eq!(c.fetch_bytes_per_partition(12), 1024 * 1024 / 12);
+        assert_eq!(c.fetch_bytes_per_partition(10_000), 16 * 1024, "floor");
+        assert_eq!(
+            c.fetch_bytes_per_partition(0),
+            256 * 1024,
+            "no partitions known"
+        );
+        for n in 1..200 {
+            let b = c.fetch_bytes_per_partition(n);
+            assert!((16 * 1024..=256 * 1024).contains(&b));
+            assert!(b * n <= 1024 * 1024 || b == 16 * 1024, "{n}: {b}");
+        }
+    }
+
+    #[test]
     fn defaults_are_valid_and_each_bound_names_its_key() {
         assert_eq!(ConsumerConfig::default().validate(), Ok(()));
-        let cases: [(&str, ConsumerConfig); 8] = [
+        let cases: [(&str, ConsumerConfig); 10] = [
+            (
+                "consumer.fetch_total_max_bytes",
+                ConsumerConfig {
+                    fetch_total_max_bytes: 64 * 1024 - 1,
+                    ..ConsumerConfig::default()
+                },
+            ),
+            (
+                "consumer.fetch_total_max_bytes",
+                ConsumerConfig {
+                    fetch_total_max_bytes: 1024 * 1024 * 1024 + 1,
+                    ..ConsumerConfig::default()
+                },
+            ),
             (
                 "consumer.fetch_partition_max_bytes",
                 ConsumerConfig {

@@ -208,7 +208,30 @@ impl<A: Aggregator> GroupRuntime<A> {
         &self.offsets.topic
     }
 
-    fn consumer(&self) -> Result<StreamConsumer<GroupContext>, KafkaError> {
+    /// Partitions of the member's topic, from a short-lived client (0 when
+    /// Kafka does not answer in time: the per-partition cap applies then).
+    async fn topic_partitions(&self) -> usize {
+        let cfg = self
+            .kafka
+            .client_config(&format!("consume-{}-meta", A::ROLE));
+        let topic = self.topic().to_string();
+        tokio::task::spawn_blocking(move || {
+            let client: rdkafka::consumer::BaseConsumer = cfg.create().ok()?;
+            let md = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            md.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    }
+
+    fn consumer(&self, partitions: usize) -> Result<StreamConsumer<GroupContext>, KafkaError> {
         let mut c = self.kafka.client_config(&format!("consume-{}", A::ROLE));
         c.set("group.id", self.group())
             .set("enable.auto.commit", "false")
@@ -260,10 +283,13 @@ impl<A: Aggregator> GroupRuntime<A> {
             // of up to 1 MiB per partition (librdkafka's default), kept
             // decompressed (lz4: 4–5 MiB) until its last record is applied.
             // 256 KiB per partition halved the anonymous memory of a member
-            // catching up on 300 000 access events (docs/benchmarks.md).
+            // catching up on 300 000 access events, but a member still held
+            // about that per partition it owned (health: 90 MiB on 6
+            // partitions, 166 MiB on 12); so one budget is shared out over
+            // the topic's partitions (docs/benchmarks.md).
             .set(
                 "max.partition.fetch.bytes",
-                self.cfg.fetch_partition_max_bytes.to_string(),
+                self.cfg.fetch_bytes_per_partition(partitions).to_string(),
             );
         self.kafka.apply_overrides(&mut c);
         c.create_with_context(GroupContext::default())
@@ -281,7 +307,8 @@ impl<A: Aggregator> GroupRuntime<A> {
         shutdown: CancellationToken,
     ) -> Result<RunReport, RuntimeError> {
         let this = self;
-        let consumer = this.consumer()?;
+        let partitions = this.topic_partitions().await;
+        let consumer = this.consumer(partitions)?;
         consumer.subscribe(&[this.topic()])?;
         MemberStarted {
             group: this.group(),
