@@ -104,6 +104,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
+        // At most this much of a response waits in the connection's
+        // buffer for a client that does not read (also the largest
+        // request head accepted); hyper's default is about 400 KiB.
+        .max_buf_size(limits.max_buf_size)
         .keep_alive(true);
     // Connections taken from the backlog after shutdown get one request.
     let mut last_call = http.clone();

@@ -27,6 +27,11 @@ use crate::proxy::Body;
 /// Idle connections kept per backend at most.
 pub const MAX_IDLE: usize = 1024;
 
+/// The most a connection buffers, either way: a backend connection's read
+/// buffer, and (in [`crate::server`]) what waits for a client that does
+/// not read. hyper's default is about 400 KiB.
+pub const MAX_BUF: usize = 64 * 1024;
+
 /// The sending half of one connection to a backend.
 pub type Sender = http1::SendRequest<Body>;
 
@@ -112,11 +117,9 @@ impl Connector {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
         tcp.enforce_http(true);
-        Connector {
-            tcp,
-            h1: http1::Builder::new(),
-            max_idle,
-        }
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(MAX_BUF);
+        Connector { tcp, h1, max_idle }
     }
 
     /// How long a connection may stay idle.
