@@ -36,7 +36,7 @@ use weir_core::listener::Watched;
 
 use crate::config::BalanceConfig;
 use crate::fleet::FleetView;
-use crate::proxy::Balancer;
+use crate::proxy::{Balancer, Hop};
 
 /// How long a connection accepted before shutdown but still without a
 /// request is given to send one.
@@ -121,9 +121,10 @@ pub async fn serve(
         let bal = balancer.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let seen = asked.clone();
+        let hop = Arc::new(Hop::new(peer.ip()));
         let svc = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
-            bal.clone().handle(peer, req)
+            bal.clone().handle(hop.clone(), req)
         });
         let (io, activity) = Watched::new(stream);
         let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
