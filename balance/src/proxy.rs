@@ -42,7 +42,7 @@ use crate::config::{BalanceConfig, DEFAULT_POOL};
 use crate::events::{Attempted, RequestFailed, Retried};
 use crate::fleet::FleetView;
 use crate::pool::{PickHints, Pool, PoolSettings};
-use crate::upstream::{checkin, Connector, SendError, Sender};
+use crate::upstream::{checkin, Conn, Connector, SendError};
 
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -401,15 +401,21 @@ impl Balancer {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
-        conn: Sender,
+        conn: Conn,
         guard: InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         set_cookie: Option<HeaderValue>,
     ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
-                // The connection is the tunnel's now: never pooled.
-                drop(conn);
+                // The connection is the tunnel's now: never pooled. If it
+                // has not finished the upgrade yet, it does on a task of
+                // its own.
+                if let Some(io) = conn.into_driver() {
+                    tokio::spawn(async move {
+                        let _ = io.await;
+                    });
+                }
                 let backend = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     let _inflight = guard;
@@ -625,8 +631,9 @@ pub fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
 struct Upstream {
     inner: Incoming,
     guard: Option<InFlight>,
-    /// The connection it comes on, to give back at its end.
-    conn: Option<Sender>,
+    /// The connection it comes on, which this body drives while it is
+    /// read and gives back at its end (`None` once given back).
+    conn: Option<Conn>,
     /// Armed the first time the backend makes it wait.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_timeout: Duration,
@@ -642,7 +649,16 @@ impl HttpBody for Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if frame.is_pending() {
+            // The rest is on the connection, which this task drives: read
+            // what has come, then look again.
+            if let Some(c) = this.conn.as_mut() {
+                c.drive(cx);
+                frame = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
+        match frame {
             Poll::Ready(Some(Ok(f))) => {
                 this.last = Instant::now();
                 Poll::Ready(Some(Ok(f)))
