@@ -58,10 +58,7 @@ fn main() -> ExitCode {
         }
     }
     telemetry::init_logs(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder(&cli).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weir: cannot start the async runtime: {e}");
@@ -82,6 +79,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The async runtime: tokio's multi-threaded one, except for `weir
+/// balance` on a single CPU (pinned with `taskset`, or a one-CPU container),
+/// which runs everything on the thread that starts it, one event loop as
+/// HAProxy and nginx run per thread: with one CPU the multi-threaded
+/// scheduler has one worker and no one to share work with, yet pays for
+/// its cross-thread bookkeeping on every task wake-up, and its accept loop
+/// runs on a second thread.
+fn runtime_builder(cli: &Cli) -> tokio::runtime::Builder {
+    let one_cpu = !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if one_cpu && matches!(cli.command, cli::Command::Balance(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
 

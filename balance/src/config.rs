@@ -109,7 +109,7 @@ impl BalanceConfig {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.client_idle_timeout,
             send_timeout: self.send_timeout,
-            max_buf_size: 64 * 1024,
+            max_buf_size: crate::upstream::MAX_BUF,
         }
     }
 }

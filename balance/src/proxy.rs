@@ -19,9 +19,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +42,7 @@ use crate::config::{BalanceConfig, DEFAULT_POOL};
 use crate::events::{Attempted, RequestFailed, Retried};
 use crate::fleet::FleetView;
 use crate::pool::{PickHints, Pool, PoolSettings};
-use crate::upstream::{checkin, Connector, SendError, Sender};
+use crate::upstream::{checkin, Conn, Connector, SendError};
 
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,6 +58,53 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The hop-by-hop headers (RFC 9110 §7.6.1), besides those `Connection`
+/// names.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The client end of a connection as the forwarding headers name it,
+/// worked out once per client connection rather than formatted again for
+/// every request on it.
+#[derive(Debug)]
+pub struct Hop {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// What this hop adds to `X-Forwarded-For`: the address.
+    xff: HeaderValue,
+    /// What this hop adds to `Forwarded`, before any host:
+    /// `for=…;proto=http` (an IPv6 address quoted and bracketed).
+    fwd: HeaderValue,
+}
+
+impl Hop {
+    /// The hop of a client at `ip`.
+    pub fn new(ip: IpAddr) -> Hop {
+        let text = ip.to_string();
+        let fwd = if ip.is_ipv6() {
+            format!("for=\"[{text}]\";proto=http")
+        } else {
+            format!("for={text};proto=http")
+        };
+        Hop {
+            ip,
+            xff: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            fwd: HeaderValue::from_str(&fwd)
+                .unwrap_or_else(|_| HeaderValue::from_static("for=unknown;proto=http")),
+        }
+    }
+}
 
 /// A route: prefix (and host) → pool.
 #[derive(Debug)]
@@ -194,10 +240,10 @@ impl Balancer {
         HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 
-    /// Proxies one client request from `peer`.
+    /// Proxies one client request that came through `hop`.
     pub async fn handle(
         self: Arc<Self>,
-        peer: SocketAddr,
+        hop: Arc<Hop>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         // Cheap copies (shared bytes) the host can borrow from while the
@@ -224,13 +270,8 @@ impl Balancer {
             Some(id) => id.clone(),
             None => self.request_id(),
         };
-        let mut headers = forward_headers(
-            parts.headers,
-            peer.ip(),
-            host.as_deref(),
-            upgrade,
-            request_id,
-        );
+        let mut headers =
+            forward_headers(parts.headers, &hop, host.as_deref(), upgrade, request_id);
         // Backends get the origin form (`/path?query`), also of a request
         // that came in absolute form.
         let target = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
@@ -243,7 +284,7 @@ impl Balancer {
                 .unwrap_or_else(|| Uri::from_static("/"))
         };
         let hints = PickHints {
-            client: Some(peer.ip()),
+            client: Some(hop.ip),
             sticky: sticky.as_deref(),
         };
         let mut body = Some(body);
@@ -360,15 +401,21 @@ impl Balancer {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
-        conn: Sender,
+        conn: Conn,
         guard: InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         set_cookie: Option<HeaderValue>,
     ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
-                // The connection is the tunnel's now: never pooled.
-                drop(conn);
+                // The connection is the tunnel's now: never pooled. If it
+                // has not finished the upgrade yet, it does on a task of
+                // its own.
+                if let Some(io) = conn.into_driver() {
+                    tokio::spawn(async move {
+                        let _ = io.await;
+                    });
+                }
                 let backend = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     let _inflight = guard;
@@ -485,6 +532,11 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 /// Removes the hop-by-hop headers: the fixed ones and those `Connection`
 /// names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none (and name none without `Connection`): one
+    // look at each name says so, where removing costs a lookup each.
+    if !h.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -495,26 +547,16 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
 
 /// The headers sent to the backend: the client's, less hop-by-hop ones,
-/// plus the forwarding headers and the request id.
+/// plus the forwarding headers of `hop` and the request id.
 pub fn forward_headers(
     mut h: HeaderMap,
-    peer: IpAddr,
+    hop: &Hop,
     host: Option<&str>,
     upgrade: bool,
     request_id: HeaderValue,
@@ -522,23 +564,23 @@ pub fn forward_headers(
     let upgrade = upgrade.then(|| h.get(header::UPGRADE).cloned()).flatten();
     // `X-Forwarded-For` and `Forwarded` as the client sent them, joined
     // with this hop: read before the hop-by-hop headers go.
-    let mut ip = String::with_capacity(48);
-    let _ = write!(ip, "{peer}");
-    let xff = joined(&h, &X_FORWARDED_FOR, &ip);
-    let mut fwd = String::with_capacity(64);
-    if peer.is_ipv6() {
-        let _ = write!(fwd, "for=\"[{ip}]\";proto=http");
-    } else {
-        let _ = write!(fwd, "for={ip};proto=http");
-    }
-    if let Some(host) = host.filter(|h| {
+    let xff = joined(&h, &X_FORWARDED_FOR, &hop.xff);
+    let this = match host.filter(|h| {
         !h.is_empty()
             && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     }) {
-        let _ = write!(fwd, ";host=\"{host}\"");
-    }
-    let fwd = joined(&h, &header::FORWARDED, &fwd);
+        Some(host) => {
+            let mut v = Vec::with_capacity(hop.fwd.len() + host.len() + 8);
+            v.extend_from_slice(hop.fwd.as_bytes());
+            v.extend_from_slice(b";host=\"");
+            v.extend_from_slice(host.as_bytes());
+            v.push(b'"');
+            HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| hop.fwd.clone())
+        }
+        None => hop.fwd.clone(),
+    };
+    let fwd = joined(&h, &header::FORWARDED, &this);
     strip_hop_by_hop(&mut h);
     if let Some(u) = upgrade {
         h.insert(header::UPGRADE, u);
@@ -551,22 +593,24 @@ pub fn forward_headers(
     h
 }
 
-/// The values of `name` in `h`, joined with `, `, then `add`.
-fn joined(h: &HeaderMap, name: &HeaderName, add: &str) -> HeaderValue {
-    let mut v = String::new();
-    for prev in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-        v.push_str(prev);
-        v.push_str(", ");
+/// The values of `name` in `h`, joined with `, `, then `add` (`add` alone,
+/// shared rather than copied, when there is none).
+fn joined(h: &HeaderMap, name: &HeaderName, add: &HeaderValue) -> HeaderValue {
+    let mut prev = h
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    if prev.peek().is_none() {
+        return add.clone();
     }
-    let v = if v.is_empty() {
-        Bytes::copy_from_slice(add.as_bytes())
-    } else {
-        v.push_str(add);
-        Bytes::from(v)
-    };
-    HeaderValue::from_maybe_shared(v).unwrap_or_else(|_| {
-        HeaderValue::from_str(add).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-    })
+    let mut v = Vec::new();
+    for p in prev {
+        v.extend_from_slice(p.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(add.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| add.clone())
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -587,8 +631,9 @@ pub fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
 struct Upstream {
     inner: Incoming,
     guard: Option<InFlight>,
-    /// The connection it comes on, to give back at its end.
-    conn: Option<Sender>,
+    /// The connection it comes on, which this body drives while it is
+    /// read and gives back at its end (`None` once given back).
+    conn: Option<Conn>,
     /// Armed the first time the backend makes it wait.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_timeout: Duration,
@@ -604,7 +649,16 @@ impl HttpBody for Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if frame.is_pending() {
+            // The rest is on the connection, which this task drives: read
+            // what has come, then look again.
+            if let Some(c) = this.conn.as_mut() {
+                c.drive(cx);
+                frame = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
+        match frame {
             Poll::Ready(Some(Ok(f))) => {
                 this.last = Instant::now();
                 Poll::Ready(Some(Ok(f)))
@@ -700,7 +754,7 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("yes"));
         let out = forward_headers(
             h.clone(),
-            "127.0.0.1".parse().expect("ip"),
+            &Hop::new("127.0.0.1".parse().expect("ip")),
             Some("example.com"),
             false,
             HeaderValue::from_static("rid-1"),
@@ -727,7 +781,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
         let out = forward_headers(
             h,
-            "10.0.0.1".parse().expect("ip"),
+            &Hop::new("10.0.0.1".parse().expect("ip")),
             None,
             false,
             HeaderValue::from_static("rid-2"),
@@ -755,7 +809,7 @@ mod tests {
         assert!(is_upgrade(&h));
         let out = forward_headers(
             h.clone(),
-            "::1".parse().expect("ip"),
+            &Hop::new("::1".parse().expect("ip")),
             Some("bad\"host"),
             true,
             HeaderValue::from_static("r"),

@@ -36,7 +36,7 @@ use weir_core::listener::Watched;
 
 use crate::config::BalanceConfig;
 use crate::fleet::FleetView;
-use crate::proxy::Balancer;
+use crate::proxy::{Balancer, Hop};
 
 /// How long a connection accepted before shutdown but still without a
 /// request is given to send one.
@@ -104,6 +104,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
+        // At most this much of a response waits in the connection's
+        // buffer for a client that does not read (also the largest
+        // request head accepted); hyper's default is about 400 KiB.
+        .max_buf_size(limits.max_buf_size)
         .keep_alive(true);
     // Connections taken from the backlog after shutdown get one request.
     let mut last_call = http.clone();
@@ -117,9 +121,10 @@ pub async fn serve(
         let bal = balancer.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let seen = asked.clone();
+        let hop = Arc::new(Hop::new(peer.ip()));
         let svc = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
-            bal.clone().handle(peer, req)
+            bal.clone().handle(hop.clone(), req)
         });
         let (io, activity) = Watched::new(stream);
         let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();

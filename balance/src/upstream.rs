@@ -8,11 +8,30 @@
 //! per request looks its pool up by scheme and authority, needs an absolute
 //! URI, and spawns a task to put the connection back.
 //!
+//! A connection has no task of its own: the request using it drives it
+//! ([`Conn::drive`]), while it waits for the response head
+//! ([`Connector::send`]) and then while the response body streams to the
+//! client (the proxy's body polls it). A request and its response are then
+//! the work of one task, the client connection's, as in an event loop:
+//! with a task per backend connection every request cost a message to that
+//! task, a wake-up and a poll of it, and a wake-up back. An idle connection
+//! is not polled: one the backend closed meanwhile is found out when next
+//! used (the request, not written, goes on another connection) or by the
+//! reaper ([`IdleConns::reap`]). Only a connection still sending a request
+//! body after its response ended (the backend answered early), or one
+//! becoming a tunnel (`101`), gets a task to finish on.
+//!
 //! A request that a reused connection could not even start sending (the
 //! backend had just closed it) is sent again on another connection, as
 //! hyper-util's client does; a fresh connection's failure is the backend's.
+//!
+//! Buffers are bounded: a connection reads at most
+//! [`MAX_BUF`] ahead of the client it forwards to.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -27,52 +46,115 @@ use crate::proxy::Body;
 /// Idle connections kept per backend at most.
 pub const MAX_IDLE: usize = 1024;
 
-/// The sending half of one connection to a backend.
-pub type Sender = http1::SendRequest<Body>;
+/// The most a connection buffers, either way: a backend connection's read
+/// buffer, and (in [`crate::server`]) what waits for a client that does
+/// not read. hyper's default is about 400 KiB.
+pub const MAX_BUF: usize = 64 * 1024;
+
+/// hyper's connection future (with upgrades), driven by whoever holds it.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One connection to a backend: the half that sends requests and the
+/// connection itself, which whoever holds it drives.
+pub struct Conn {
+    tx: http1::SendRequest<Body>,
+    /// `None` once the connection ended (closed, failed, or upgraded).
+    /// (In a mutex only so that a body holding it is `Sync`, as hyper's
+    /// boxed bodies must be: it is only ever reached by `get_mut`.)
+    io: Option<Mutex<Driver>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("open", &self.io.is_some())
+            .field("ready", &self.tx.is_ready())
+            .finish()
+    }
+}
+
+impl Conn {
+    /// Reads and writes what the connection can now (the request, the
+    /// response, its body), and has `cx` woken when it can do more.
+    /// False once the connection has ended.
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(io) = self.io.as_mut() {
+            let io = io.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Poll::Ready(r) = io.as_mut().poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "backend connection ended");
+                }
+                self.io = None;
+            }
+        }
+        self.io.is_some()
+    }
+
+    /// [`Conn::drive`] with no one to wake: takes in what already happened
+    /// (its response's end, the backend closing it).
+    fn drive_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        self.drive(&mut cx)
+    }
+
+    /// Open and ready for its next request (its last exchange is over).
+    pub fn is_ready(&self) -> bool {
+        self.io.is_some() && self.tx.is_ready()
+    }
+
+    /// The connection's future, for a task of its own (a tunnel's
+    /// connection finishing its upgrade); `None` if it has ended.
+    pub fn into_driver(self) -> Option<Driver> {
+        self.io
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// A backend's idle connections, the most recently used last.
 #[derive(Debug, Default)]
 pub struct IdleConns {
-    stack: Mutex<Vec<(Sender, Instant)>>,
+    stack: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl IdleConns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
         self.stack.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used connection that is open and ready for a
     /// request, if one has been idle less than `max_idle`; closed ones met
     /// on the way are dropped.
-    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
+    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Conn> {
         let mut s = self.lock();
-        while let Some((tx, since)) = s.pop() {
+        while let Some((c, since)) = s.pop() {
             if now.saturating_duration_since(since) >= max_idle {
                 // Every connection below it has waited longer.
                 s.clear();
                 return None;
             }
-            if tx.is_ready() {
-                return Some(tx);
+            if c.is_ready() {
+                return Some(c);
             }
         }
         None
     }
 
     /// Puts a connection ready for its next request back.
-    pub fn put(&self, tx: Sender, now: Instant) {
+    pub fn put(&self, c: Conn, now: Instant) {
         let mut s = self.lock();
         if s.len() >= MAX_IDLE {
             s.remove(0);
         }
-        s.push((tx, now));
+        s.push((c, now));
     }
 
-    /// Drops the connections closed or idle for `max_idle`; returns how
-    /// many are left.
+    /// Drops the connections closed (by the backend, seen now) or idle for
+    /// `max_idle`; returns how many are left.
     pub fn reap(&self, now: Instant, max_idle: Duration) -> usize {
         let mut s = self.lock();
-        s.retain(|(tx, since)| !tx.is_closed() && now.saturating_duration_since(*since) < max_idle);
+        s.retain_mut(|(c, since)| {
+            now.saturating_duration_since(*since) < max_idle && c.drive_now() && c.is_ready()
+        });
         s.len()
     }
 
@@ -112,11 +194,9 @@ impl Connector {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
         tcp.enforce_http(true);
-        Connector {
-            tcp,
-            h1: http1::Builder::new(),
-            max_idle,
-        }
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(MAX_BUF);
+        Connector { tcp, h1, max_idle }
     }
 
     /// How long a connection may stay idle.
@@ -124,7 +204,7 @@ impl Connector {
         self.max_idle
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Sender, SendError> {
+    async fn connect(&self, uri: &Uri) -> Result<Conn, SendError> {
         let io = self
             .tcp
             .clone()
@@ -136,29 +216,37 @@ impl Connector {
             .handshake(io)
             .await
             .map_err(|_| SendError::Connect)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended");
-            }
-        });
-        Ok(tx)
+        Ok(Conn {
+            tx,
+            io: Some(Mutex::new(Box::pin(conn.with_upgrades()))),
+        })
     }
 
     /// Sends `req` (origin-form URI) to `backend` on an idle connection or
-    /// a new one; returns the response head and the connection, to be given
-    /// back with [`checkin`] once the response is read.
+    /// a new one, driving the connection until the response head comes;
+    /// returns the response head and the connection, to be driven while the
+    /// body is read and given back with [`checkin`] at its end.
     pub async fn send(
         &self,
         backend: &Backend,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    ) -> Result<(Response<Incoming>, Conn), SendError> {
         loop {
-            let (mut tx, reused) = match backend.conns.take(Instant::now(), self.max_idle) {
-                Some(tx) => (tx, true),
+            let (mut c, reused) = match backend.conns.take(Instant::now(), self.max_idle) {
+                Some(c) => (c, true),
                 None => (self.connect(&backend.connect_uri).await?, false),
             };
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, tx)),
+            let mut response = std::pin::pin!(c.tx.try_send_request(req));
+            // This task writes the request and reads the answer: when the
+            // connection ends instead, it answers the request with an
+            // error first.
+            let result = std::future::poll_fn(|cx| {
+                c.drive(cx);
+                response.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => return Ok((resp, c)),
                 Err(mut e) => match e.take_message() {
                     // Never started on a connection the backend had just
                     // closed: nothing reached it, try another connection.
@@ -172,19 +260,33 @@ impl Connector {
 
 /// Gives a connection whose response has been read back to its backend:
 /// at once when it is ready for the next request, else once it is (it may
-/// still be sending a request body the backend answered early); a closed
-/// one is dropped.
-pub fn checkin(backend: &Arc<Backend>, mut tx: Sender) {
-    if tx.is_ready() {
-        backend.conns.put(tx, Instant::now());
-    } else if !tx.is_closed() {
-        let backend = backend.clone();
-        tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                backend.conns.put(tx, Instant::now());
-            }
-        });
+/// still be sending a request body the backend answered early), driven by
+/// a task of its own meanwhile; a closed one is dropped.
+pub fn checkin(backend: &Arc<Backend>, mut c: Conn) {
+    if c.is_ready() || (c.drive_now() && c.is_ready()) {
+        backend.conns.put(c, Instant::now());
+        return;
     }
+    if c.io.is_none() || c.tx.is_closed() {
+        return;
+    }
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        let ready = std::future::poll_fn(|cx| {
+            if !c.drive(cx) {
+                return Poll::Ready(false);
+            }
+            if c.tx.is_ready() {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if ready {
+            backend.conns.put(c, Instant::now());
+        }
+    });
 }
 
 #[cfg(test)]
@@ -192,7 +294,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
+    use hyper::body::Body as _;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 
@@ -200,7 +303,7 @@ mod tests {
     use crate::backend::Source;
 
     /// An HTTP/1.1 origin on loopback that counts the connections it
-    /// accepted.
+    /// accepted and answers `?size=N` bytes (else `hello`).
     async fn origin() -> (String, Arc<AtomicUsize>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -212,10 +315,17 @@ mod tests {
             while let Ok((s, _)) = l.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"hello"),
-                        )))
+                    let svc = service_fn(|req: Request<Incoming>| async move {
+                        let size = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("size="))
+                            .and_then(|n| n.parse::<usize>().ok());
+                        let body = match size {
+                            Some(n) => Bytes::from(vec![b'x'; n]),
+                            None => Bytes::from_static(b"hello"),
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
@@ -226,12 +336,40 @@ mod tests {
         (addr, accepted)
     }
 
-    fn get() -> Request<Body> {
+    fn get(path: &'static str) -> Request<Body> {
         let mut r = Request::new(crate::proxy::empty());
-        *r.uri_mut() = Uri::from_static("/x");
+        *r.uri_mut() = Uri::from_static(path);
         r.headers_mut()
             .insert(hyper::header::HOST, "origin".parse().expect("host"));
         r
+    }
+
+    /// Reads a response's body, driving its connection as the proxy does.
+    async fn body(resp: Response<Incoming>, c: &mut Conn) -> Vec<u8> {
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        std::future::poll_fn(|cx| {
+            let mut drove = false;
+            loop {
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Ok(d) = f.into_data() {
+                            out.extend_from_slice(&d);
+                        }
+                        drove = false;
+                    }
+                    Poll::Ready(Some(Err(e))) => panic!("body: {e}"),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending if !drove => {
+                        c.drive(cx);
+                        drove = true;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        out
     }
 
     #[tokio::test]
@@ -239,11 +377,15 @@ mod tests {
         let (addr, accepted) = origin().await;
         let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
-        for _ in 0..5 {
-            let (resp, tx) = c.send(&backend, get()).await.expect("sent");
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(&body[..], b"hello");
-            checkin(&backend, tx);
+        for path in ["/x", "/x?size=300000", "/x", "/x?size=70000", "/x"] {
+            let (resp, mut conn) = c.send(&backend, get(path)).await.expect("sent");
+            let got = body(resp, &mut conn).await;
+            if path == "/x" {
+                assert_eq!(&got[..], b"hello");
+            } else {
+                assert!(got.len() >= 70000 && got.iter().all(|b| *b == b'x'));
+            }
+            checkin(&backend, conn);
             // A connection not ready yet is given back by a task.
             tokio::time::timeout(Duration::from_secs(5), async {
                 while backend.conns.is_empty() {
@@ -256,11 +398,11 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection reused");
 
         // Two requests at once need two connections; both are kept.
-        let (a, b) = tokio::join!(c.send(&backend, get()), c.send(&backend, get()));
-        let (ra, ta) = a.expect("a");
-        let (rb, tb) = b.expect("b");
-        ra.into_body().collect().await.expect("a body");
-        rb.into_body().collect().await.expect("b body");
+        let (a, b) = tokio::join!(c.send(&backend, get("/x")), c.send(&backend, get("/x")));
+        let (ra, mut ta) = a.expect("a");
+        let (rb, mut tb) = b.expect("b");
+        body(ra, &mut ta).await;
+        body(rb, &mut tb).await;
         checkin(&backend, ta);
         checkin(&backend, tb);
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -276,10 +418,57 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(61);
         assert!(backend.conns.take(later, Duration::from_secs(60)).is_none());
         assert!(backend.conns.is_empty(), "the older one went too");
-        c.send(&backend, get())
+        c.send(&backend, get("/x"))
             .await
             .expect("sent on a new connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            backend.conns.reap(Instant::now(), Duration::from_secs(60)),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_while_idle_is_not_used() {
+        // An origin that answers one request per connection (keep-alive, as
+        // far as the balancer can tell), then closes it.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
+        let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..3 {
+            let (resp, mut conn) = c.send(&backend, get("/x")).await.expect("sent");
+            assert_eq!(&body(resp, &mut conn).await[..], b"once");
+            checkin(&backend, conn);
+            assert_eq!(backend.conns.len(), 1, "kept idle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // The reaper finds it closed too.
         assert_eq!(
             backend.conns.reap(Instant::now(), Duration::from_secs(60)),
             0
@@ -294,7 +483,7 @@ mod tests {
         let backend = Backend::new("p", &addr, Source::Static, 1);
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(
-            c.send(&backend, get()).await.err(),
+            c.send(&backend, get("/x")).await.err(),
             Some(SendError::Connect)
         );
     }

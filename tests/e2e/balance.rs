@@ -668,3 +668,62 @@ async fn hostile_clients_are_refused_or_cut_and_the_balancer_keeps_serving() {
         .expect("serves");
     assert_eq!(r.text().await.expect("body"), "a\n");
 }
+
+/// A client that asks for a large body and reads none of it costs the
+/// balancer a bounded buffer: at most `MAX_BUF` (64 KiB) waiting for the
+/// client, as much read ahead from the backend and the chunk between them,
+/// not hyper's default of about 400 KiB each way. Past that (and the
+/// kernel's socket buffers) the backend waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_read_nothing_cost_a_bounded_buffer_each() {
+    const CLIENTS: usize = 16;
+    const BODY: usize = 8 << 20;
+    let a = Origin::start("a").await;
+    let cfg = format!(
+        "[balance]\nsend_timeout = \"60s\"\n[balance.pools.default]\nbackends = [\"{}\"]\n",
+        a.url()
+    );
+    let bal = Balance::start(&[], Some(&cfg)).await;
+    let addr = bal.addr;
+    // One large body read whole first: what the allocator keeps of it is
+    // in the baseline.
+    let r = reqwest::get(format!("http://{addr}/?size={BODY}"))
+        .await
+        .expect("large body");
+    assert_eq!(r.bytes().await.expect("read whole").len(), BODY);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = bal.proc.rss();
+    let mut silent = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        // A small receive window: what the kernel takes off the balancer's
+        // hands stays small, so its own buffers fill.
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut s = sock.connect(addr).await.expect("connect");
+        s.write_all(format!("GET /?size={BODY} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        silent.push(s);
+    }
+    // Time for the balancer to fill what it may hold and stop reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = bal.proc.rss().saturating_sub(base);
+    let per = held / CLIENTS as u64;
+    eprintln!(
+        "{CLIENTS} clients reading nothing of {BODY} bytes: RSS {} KiB before, +{} KiB with them, {} KiB each",
+        base >> 10,
+        held >> 10,
+        per >> 10
+    );
+    assert!(
+        per < 400 << 10,
+        "each non-reading client holds {} KiB in the balancer",
+        per >> 10
+    );
+    // Meanwhile another client is served.
+    let r = reqwest::get(format!("http://{addr}/"))
+        .await
+        .expect("serves");
+    assert_eq!(r.text().await.expect("body"), "a\n");
+    drop(silent);
+}
