@@ -44,7 +44,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// Knobs and counters.
     pub state: Arc<OriginState>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Origin {
@@ -59,12 +59,11 @@ impl Origin {
     /// Starts an origin on `listener` (benchmarks pick their port).
     pub fn on(name: &str, listener: TcpListener, state: Arc<OriginState>) -> Origin {
         let addr = listener.local_addr().expect("origin address");
-        let task = tokio::spawn(serve(name.to_string(), listener, state.clone()));
         Origin {
             name: name.to_string(),
             addr,
+            task: Some(spawn_serve(name, listener, state.clone())),
             state,
-            task: Some(task),
         }
     }
 
@@ -85,10 +84,14 @@ impl Origin {
         self.state.served.load(Ordering::Relaxed)
     }
 
-    /// Closes the listener and every connection at once.
-    pub fn kill(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
+    /// Closes the listener and every connection at once, and returns only
+    /// when they are closed: an abort alone takes effect at the task's next
+    /// poll, so a request sent right after it could still be answered on a
+    /// kept-alive connection.
+    pub async fn kill(&mut self) {
+        if let Some((stop, t)) = self.task.take() {
+            let _ = stop.send(());
+            let _ = t.await;
         }
     }
 
@@ -107,27 +110,46 @@ impl Origin {
                 Err(e) => panic!("rebind origin {}: {e}", self.addr),
             }
         };
-        self.task = Some(tokio::spawn(serve(
-            self.name.clone(),
-            l,
-            self.state.clone(),
-        )));
+        self.task = Some(spawn_serve(&self.name, l, self.state.clone()));
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.kill();
+        if let Some((_, t)) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
-async fn serve(name: String, listener: TcpListener, state: Arc<OriginState>) {
+fn spawn_serve(
+    name: &str,
+    listener: TcpListener,
+    state: Arc<OriginState>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(name.to_string(), listener, state, stopped));
+    (stop, task)
+}
+
+async fn serve(
+    name: String,
+    listener: TcpListener,
+    state: Arc<OriginState>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
     // Connections live in the set: aborting this task drops it, which
-    // aborts them all, as a dying process closes its sockets.
+    // aborts them all, as a dying process closes its sockets. A kill waits
+    // for every connection to be gone.
     let mut conns = JoinSet::new();
     let name: Arc<str> = name.into();
     loop {
         tokio::select! {
+            _ = &mut stopped => {
+                drop(listener);
+                conns.shutdown().await;
+                return;
+            }
             r = listener.accept() => {
                 let Ok((stream, _)) = r else { continue };
                 let _ = stream.set_nodelay(true);

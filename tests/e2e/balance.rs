@@ -134,7 +134,7 @@ async fn fleet_nodes_are_balanced_expire_return_and_a_dead_origin_costs_no_get()
 
     // Origin b dies, its agent still reporting: GETs are retried elsewhere
     // (no client error), b is ejected…
-    b.kill();
+    b.kill().await;
     let errors = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
@@ -448,7 +448,7 @@ async fn static_pools_routes_headers_upgrades_timeouts_and_posts() {
     assert!(slow_share < 0.1, "{lt:?}");
 
     // A POST to a dead backend fails cleanly, and is not retried.
-    b.kill();
+    b.kill().await;
     let served_a = a.served();
     let mut statuses = Vec::new();
     for _ in 0..2 {
