@@ -44,8 +44,14 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// Knobs and counters.
     pub state: Arc<OriginState>,
-    task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    task: Option<Running>,
 }
+
+/// A running origin's stop signal and its task.
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
 
 impl Origin {
     /// Starts an origin named `name` on a free loopback port.
@@ -122,11 +128,7 @@ impl Drop for Origin {
     }
 }
 
-fn spawn_serve(
-    name: &str,
-    listener: TcpListener,
-    state: Arc<OriginState>,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn spawn_serve(name: &str, listener: TcpListener, state: Arc<OriginState>) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(serve(name.to_string(), listener, state, stopped));
     (stop, task)
