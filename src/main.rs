@@ -82,16 +82,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: tokio's multi-threaded one, except for `weir
-/// balance` on a single CPU (pinned with `taskset`, or a one-CPU container),
-/// which runs everything on the thread that starts it, one event loop as
-/// HAProxy and nginx run per thread: with one CPU the multi-threaded
-/// scheduler has one worker and no one to share work with, yet pays for
-/// its cross-thread bookkeeping on every task wake-up, and its accept loop
-/// runs on a second thread.
+/// The async runtime: tokio's multi-threaded one, except for the servers
+/// that hold many client connections (`weir balance`, `weir edge`) on a
+/// single CPU (pinned with `taskset`, or a one-CPU container), which run
+/// everything on the thread that starts it, one event loop as HAProxy,
+/// nginx and Varnish run per thread:
+/// - with one CPU the multi-threaded scheduler has one worker and no one to
+///   share work with, yet pays for its cross-thread bookkeeping on every
+///   task wake-up, and its accept loop runs on a second thread;
+/// - it is unfair past 256 ready connections: its worker's run queue holds
+///   256 tasks, the rest overflow to a global queue it serves one task at a
+///   time every few dozen polls, so while 256 connections go round quickly
+///   the others wait. At 1 024 connections on one CPU the edge's p99 was
+///   159 ms against nginx's 23 ms (p50 3.4 ms); on the current-thread
+///   runtime, whose run queue has no such split, 24 ms (docs/benchmarks.md,
+///   "Edge", 2026-12-04).
 fn runtime_builder(cli: &Cli) -> tokio::runtime::Builder {
     let one_cpu = !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    if one_cpu && matches!(cli.command, cli::Command::Balance(_)) {
+    let many_clients = matches!(
+        cli.command,
+        cli::Command::Balance(_) | cli::Command::Edge(_)
+    );
+    if one_cpu && many_clients {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

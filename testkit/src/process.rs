@@ -44,6 +44,23 @@ impl Proc {
         }
     }
 
+    /// [`Proc::spawn`] confined to CPU 0 (`taskset -c 0`, which then runs
+    /// `program` in its own place), as in a one-CPU container: the roles
+    /// that pick their runtime from the CPUs they may use (`weir edge`,
+    /// `weir balance`) run their single-threaded one, which tests on a
+    /// multi-core machine would otherwise never reach.
+    pub fn spawn_on_one_cpu(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Proc {
+        let program = program.display().to_string();
+        let mut all = vec!["-c", "0", program.as_str()];
+        all.extend_from_slice(args);
+        Proc::spawn(name, Path::new("taskset"), &all, env)
+    }
+
     /// Process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

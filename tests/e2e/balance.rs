@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_testkit::{eventually, free_addr, unique, Origin, PrivateService, Proc, TestWorld};
 
-use crate::{weir, Balance};
+use crate::{weir, Balance, Cpus};
 
 /// Agent interval: nodes expire 3 × this after their last report.
 const INTERVAL: &str = "400ms";
@@ -522,7 +522,9 @@ async fn sigterm_drains_and_a_new_process_takes_the_port_with_no_refused_connect
         async move { reqwest::get(&url).await.map(|r| r.status().as_u16()) }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let new = Balance::start_on(addr, &[], Some(&cfg)).await;
+    // The new process runs on one CPU (its single-threaded runtime), the old
+    // one on every CPU: a takeover must work between the two.
+    let new = Balance::start_with(Cpus::One, addr, &[], Some(&cfg)).await;
     let t = Instant::now();
     old.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let status = old
@@ -579,7 +581,9 @@ async fn hostile_clients_are_refused_or_cut_and_the_balancer_keeps_serving() {
         "[balance]\nheader_read_timeout = \"500ms\"\nfirst_byte_timeout = \"500ms\"\nidle_timeout = \"500ms\"\nclient_idle_timeout = \"1s\"\nsend_timeout = \"500ms\"\n[balance.pools.default]\nbackends = [\"{}\"]\n",
         a.url()
     );
-    let bal = Balance::start(&[], Some(&cfg)).await;
+    // On one CPU: the single-threaded runtime a one-CPU container gets must
+    // bound and cut hostile clients as the multi-threaded one does.
+    let bal = Balance::start_with(Cpus::One, free_addr(), &[], Some(&cfg)).await;
     let addr = bal.addr;
     let huge_header = format!(
         "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",

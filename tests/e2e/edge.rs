@@ -15,7 +15,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use weir_testkit::{free_addr, stack, unique, PrivateService, TestRedis, TestTopics, TestWorld};
 
-use crate::{answer, Edge};
+use crate::{answer, Cpus, Edge};
 
 const MIB: u64 = 1024 * 1024;
 const MEMORY_BUDGET: u64 = 64 * MIB;
@@ -116,19 +116,25 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     // carry it).
     let body: Vec<u8> = (0..object_size()).map(byte_at).collect();
     let (_s3, endpoint) = private_origin("big/object.bin", body).await;
-    let mut edge = Edge::start(&origin_env(
-        &world,
-        &endpoint,
-        &[
-            ("WEIR_S3_TIMEOUT", "30s"),
-            ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
-            ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
-            // The cold pass of a large object on a busy machine can outlast the
-            // default freshness; the warm pass must be a hit, not a
-            // revalidation.
-            ("WEIR_EDGE_FRESH_FOR", "10m"),
-        ],
-    ))
+    // On one CPU, as in a one-CPU container: the edge then runs its
+    // single-threaded runtime, and the read-ahead, the disk tier's blocking
+    // reads and writes and the memory bound must hold on it.
+    let mut edge = Edge::start_on(
+        Cpus::One,
+        &origin_env(
+            &world,
+            &endpoint,
+            &[
+                ("WEIR_S3_TIMEOUT", "30s"),
+                ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
+                ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
+                // The cold pass of a large object on a busy machine can outlast the
+                // default freshness; the warm pass must be a hit, not a
+                // revalidation.
+                ("WEIR_EDGE_FRESH_FOR", "10m"),
+            ],
+        ),
+    )
     .await;
     let addr = edge.addr;
     let http = reqwest::Client::new();

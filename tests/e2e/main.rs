@@ -167,12 +167,35 @@ pub fn spawn_listening(
     env: &[(String, String)],
     addrs: impl Fn() -> Vec<(&'static str, SocketAddr)>,
 ) -> (Proc, Vec<SocketAddr>) {
+    spawn_listening_on(Cpus::All, name, args, env, addrs)
+}
+
+/// The CPUs a server under test may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cpus {
+    /// Every CPU of the machine.
+    All,
+    /// CPU 0 only ([`Proc::spawn_on_one_cpu`]).
+    One,
+}
+
+/// [`spawn_listening`] on `cpus`.
+pub fn spawn_listening_on(
+    cpus: Cpus,
+    name: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    addrs: impl Fn() -> Vec<(&'static str, SocketAddr)>,
+) -> (Proc, Vec<SocketAddr>) {
     let mut last = String::new();
     for _ in 0..5 {
         let picked = addrs();
         let mut env = env.to_vec();
         env.extend(picked.iter().map(|(k, a)| (k.to_string(), a.to_string())));
-        let mut proc = Proc::spawn(name, weir(), args, &env);
+        let mut proc = match cpus {
+            Cpus::All => Proc::spawn(name, weir(), args, &env),
+            Cpus::One => Proc::spawn_on_one_cpu(name, weir(), args, &env),
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             let out = proc.output();
@@ -272,6 +295,11 @@ impl Edge {
     /// directory (metrics on the admin port), and waits until `/livez`
     /// answers.
     pub async fn start(env: &[(String, String)]) -> Edge {
+        Self::start_on(Cpus::All, env).await
+    }
+
+    /// [`Edge::start`] on `cpus`.
+    pub async fn start_on(cpus: Cpus, env: &[(String, String)]) -> Edge {
         let dir = std::env::temp_dir().join(unique("weir-edge-e2e"));
         let mut env = env.to_vec();
         env.extend(
@@ -281,7 +309,7 @@ impl Edge {
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
-        let (proc, a) = spawn_listening("edge", &["edge"], &env, || {
+        let (proc, a) = spawn_listening_on(cpus, "edge", &["edge"], &env, || {
             vec![
                 ("WEIR_EDGE_ADDR", free_addr()),
                 ("WEIR_EDGE_ADMIN_ADDR", free_addr()),
@@ -340,6 +368,16 @@ impl Balance {
         env: &[(String, String)],
         config: Option<&str>,
     ) -> Balance {
+        Self::start_with(Cpus::All, addr, env, config).await
+    }
+
+    /// [`Balance::start_on`] on `cpus`.
+    pub async fn start_with(
+        cpus: Cpus,
+        addr: SocketAddr,
+        env: &[(String, String)],
+        config: Option<&str>,
+    ) -> Balance {
         let admin = free_addr();
         let file = config.map(|text| {
             let f = std::env::temp_dir().join(format!("{}.toml", unique("weir-balance")));
@@ -361,7 +399,10 @@ impl Balance {
         }
         args.push("balance".into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proc = Proc::spawn("balance", weir(), &args, &env);
+        let proc = match cpus {
+            Cpus::All => Proc::spawn("balance", weir(), &args, &env),
+            Cpus::One => Proc::spawn_on_one_cpu("balance", weir(), &args, &env),
+        };
         until_ok(&format!("http://{admin}/readyz"), "balance ready").await;
         Balance {
             addr,
