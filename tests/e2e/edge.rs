@@ -116,25 +116,19 @@ async fn a_large_object_passes_through_in_bounded_memory() {
     // carry it).
     let body: Vec<u8> = (0..object_size()).map(byte_at).collect();
     let (_s3, endpoint) = private_origin("big/object.bin", body).await;
-    // On one CPU, as in a one-CPU container: the edge then runs its
-    // single-threaded runtime, and the read-ahead, the disk tier's blocking
-    // reads and writes and the memory bound must hold on it.
-    let mut edge = Edge::start_on(
-        Cpus::One,
-        &origin_env(
-            &world,
-            &endpoint,
-            &[
-                ("WEIR_S3_TIMEOUT", "30s"),
-                ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
-                ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
-                // The cold pass of a large object on a busy machine can outlast the
-                // default freshness; the warm pass must be a hit, not a
-                // revalidation.
-                ("WEIR_EDGE_FRESH_FOR", "10m"),
-            ],
-        ),
-    )
+    let mut edge = Edge::start(&origin_env(
+        &world,
+        &endpoint,
+        &[
+            ("WEIR_S3_TIMEOUT", "30s"),
+            ("WEIR_EDGE_MEMORY_BUDGET", &MEMORY_BUDGET.to_string()),
+            ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(16 * MIB).to_string()),
+            // The cold pass of a large object on a busy machine can outlast the
+            // default freshness; the warm pass must be a hit, not a
+            // revalidation.
+            ("WEIR_EDGE_FRESH_FOR", "10m"),
+        ],
+    ))
     .await;
     let addr = edge.addr;
     let http = reqwest::Client::new();
@@ -199,16 +193,21 @@ async fn access_events_are_shed_not_waited_for_when_kafka_is_gone() {
     let (_s3, endpoint) = private_origin("small.txt", b"small".to_vec()).await;
     // Kafka is a port nobody listens on, and the producer's queue holds one
     // record: every event after the first must be shed, and no request may
-    // wait for Kafka.
+    // wait for Kafka. On one CPU, as in a one-CPU container: the edge then
+    // runs its single-threaded runtime, where a request waiting for Kafka
+    // would stall every other one.
     let dead_kafka = free_addr().to_string();
-    let mut edge = Edge::start(&origin_env(
-        &world,
-        &endpoint,
-        &[
-            ("WEIR_KAFKA_BROKERS", &dead_kafka),
-            ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1"),
-        ],
-    ))
+    let mut edge = Edge::start_on(
+        Cpus::One,
+        &origin_env(
+            &world,
+            &endpoint,
+            &[
+                ("WEIR_KAFKA_BROKERS", &dead_kafka),
+                ("WEIR_KAFKA_QUEUE_MAX_MESSAGES", "1"),
+            ],
+        ),
+    )
     .await;
     let (addr, http) = (edge.addr, reqwest::Client::new());
     let t = Instant::now();
