@@ -426,7 +426,9 @@ impl LagReader {
         // created a moment ago, a leader moving) fails the whole request;
         // librdkafka refreshes its metadata, so asking again shortly after
         // succeeds, as Kafka's own tool retries. Other errors fail at once.
-        let deadline = std::time::Instant::now() + self.timeout.min(Duration::from_secs(3));
+        // Retried for up to the request timeout: a broker electing leaders
+        // for a thousand new partitions under load took longer than 3 s.
+        let deadline = std::time::Instant::now() + self.timeout;
         let mut pause = std::time::Duration::from_millis(50);
         let got = loop {
             match self.meta.offsets_for_times(tpl.clone(), self.timeout) {
