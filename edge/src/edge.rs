@@ -129,6 +129,21 @@ impl Edge {
         self.cfg.upload_max
     }
 
+    /// How much of a disk-tier read to take at once, at most `want`: all of
+    /// it while more than half of `edge.inflight_budget` is free, else one
+    /// chunk. A client that stops reading holds its last read until
+    /// `edge.send_timeout`; at 256 KiB each, 500 such clients held a 64 MiB
+    /// budget whole and everyone else waited for them to be cut. Under
+    /// pressure each holds 64 KiB, as before the reads grew.
+    pub(crate) fn read_size(&self, want: u64, chunk: u64) -> u64 {
+        let free_kib = self.inflight.available_permits() as u64;
+        if free_kib * 1024 > self.cfg.inflight_budget / 2 {
+            want
+        } else {
+            want.min(chunk)
+        }
+    }
+
     /// Room for `bytes` more in flight (`edge.inflight_budget`): waits until
     /// there is. The room is given back when the permit is dropped.
     pub(crate) async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {

@@ -195,7 +195,8 @@ pub(crate) const CHUNK: u64 = 64 * 1024;
 
 /// Bytes read from the disk tier at once (one blocking-pool task), then sent
 /// as chunks; each block in flight is counted in `edge.inflight_budget`
-/// until its last chunk is handed to the connection. (64 KiB reads cost a
+/// until its last chunk is handed to the connection. Only while more than
+/// half the budget is free ([`Edge::read_size`]); else one chunk at a time. (64 KiB reads cost a
 /// blocking-pool round trip per chunk: a fifth of a warm large object's
 /// time.)
 pub(crate) const BLOCK: u64 = 4 * CHUNK;
@@ -246,8 +247,9 @@ fn slice_stream(
             let to = (r.end + 1 - slice_start).min(s);
             let mut reader = SliceReader::new(data, from, to);
             loop {
-                let permit = edge.reserve(reader.next_len()).await;
-                match reader.next_block().await {
+                let len = edge.read_size(reader.next_len(), CHUNK);
+                let permit = edge.reserve(len).await;
+                match reader.next_block(len).await {
                     Ok(Some(block)) => {
                         let _permit = permit;
                         let mut at = 0;
@@ -297,11 +299,12 @@ impl SliceReader {
         BLOCK.min(self.to.saturating_sub(self.pos))
     }
 
-    async fn next_block(&mut self) -> std::io::Result<Option<Bytes>> {
+    /// The next `len` bytes at most ([`SliceReader::next_len`] or less).
+    async fn next_block(&mut self, len: u64) -> std::io::Result<Option<Bytes>> {
         if self.pos >= self.to {
             return Ok(None);
         }
-        let n = self.next_len();
+        let n = self.next_len().min(len.max(1));
         let chunk = match &self.data {
             SliceData::Bytes(b) => b.slice(self.pos as usize..(self.pos + n) as usize),
             SliceData::File { file, base } => {
