@@ -110,7 +110,7 @@ impl Default for EdgeConfig {
             memory_budget: 256 * MIB,
             memory_object_max: 50_000_000,
             slice_size: 4 * MIB,
-            read_ahead: 3,
+            read_ahead: 8,
             disk_dir: String::new(),
             disk_budget: 10 * 1024 * MIB,
             upload_max: 100 * MIB,
