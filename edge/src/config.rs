@@ -52,9 +52,10 @@ pub struct EdgeConfig {
     /// its own origin request, within `inflight_budget`): more makes a cold
     /// object stream faster from an origin with per-request latency.
     pub read_ahead: u64,
-    /// Directory of the disk tier (`weir-slices` is created inside and
-    /// emptied at start); empty: a per-process directory under the system
-    /// temporary directory.
+    /// Directory of the disk tier (`weir-slices` is created inside; the
+    /// slices a previous run left there are served again after a restart);
+    /// empty: a per-process directory under the system temporary directory,
+    /// so nothing survives a restart.
     pub disk_dir: String,
     /// Byte budget of the disk tier.
     pub disk_budget: u64,

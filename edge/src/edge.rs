@@ -57,7 +57,8 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the edge; opens (and empties) the disk tier. `redis` enables
+    /// Builds the edge; opens the disk tier (indexing the slices a previous
+    /// run left in `edge.disk_dir`). `redis` enables
     /// shared metadata; `access` enables access events.
     pub fn new(
         cfg: EdgeConfig,

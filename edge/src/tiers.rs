@@ -147,9 +147,12 @@ fn slice_header(id: &str) -> Vec<u8> {
 }
 
 impl DiskTier {
-    /// Uses `dir/weir-slices` (created, and emptied: the index is not kept
-    /// across restarts) with a budget of `budget` bytes. Fails when another
-    /// process uses `dir`.
+    /// Uses `dir/weir-slices` (created if missing) with a budget of
+    /// `budget` bytes. The slices a previous run left there are indexed
+    /// again, newest kept when they exceed the budget, so a restarted edge
+    /// does not fetch from the origin what it already has on disk; anything
+    /// else in the directory (a half-written slice, a foreign or damaged
+    /// file) is deleted. Fails when another process uses `dir`.
     pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
         std::fs::create_dir_all(dir)?;
         let lock_path = dir.join("weir-slices.lock");
@@ -168,9 +171,6 @@ impl DiskTier {
             )
         })?;
         let dir = dir.join("weir-slices");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
         std::fs::create_dir_all(&dir)?;
         let index = Cache::builder()
             .max_capacity(budget)
@@ -180,10 +180,11 @@ impl DiskTier {
                 let _ = std::fs::remove_file(&v.path);
             })
             .build();
+        let next = restore(&dir, &index, budget)?;
         Ok(DiskTier {
             dir,
             index,
-            next: Arc::new(AtomicU64::new(0)),
+            next: Arc::new(AtomicU64::new(next)),
             _lock: Arc::new(lock),
         })
     }
@@ -277,9 +278,166 @@ impl DiskTier {
     }
 }
 
+/// The longest slice id a slice file may name (ids are a cache id, an ETag
+/// and an index: far shorter); a longer length field marks a damaged file.
+const MAX_ID_LEN: u32 = 64 * 1024;
+
+/// A slice file's id and the length of its header, or `None` when the file
+/// is not a complete slice file.
+fn read_slice_header(path: &Path) -> Option<(String, u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut head = [0u8; 12];
+    f.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let id_len = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+    if id_len > MAX_ID_LEN || 12 + u64::from(id_len) > len {
+        return None;
+    }
+    let mut id = vec![0u8; id_len as usize];
+    f.read_exact(&mut id).ok()?;
+    let header_len = 12 + u64::from(id_len);
+    Some((String::from_utf8(id).ok()?, header_len, len - header_len))
+}
+
+/// Indexes the slice files in `dir` (`N.slice`, written by
+/// [`DiskTier::put`]), the most recently written first, as many as the
+/// budget holds; deletes the older ones beyond it and every entry that is
+/// not a slice file. Returns the next free file number.
+fn restore(dir: &Path, index: &Cache<String, Arc<SliceFile>>, budget: u64) -> std::io::Result<u64> {
+    let mut found = Vec::new();
+    let mut next = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let n = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".slice"))
+            .and_then(|n| n.parse::<u64>().ok());
+        let slice = match (n, entry.file_type()) {
+            (Some(n), Ok(t)) if t.is_file() => read_slice_header(&path).map(|h| (n, h)),
+            _ => None,
+        };
+        match slice {
+            Some((n, (id, _header, len))) => {
+                next = next.max(n.saturating_add(1));
+                let modified = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                found.push((modified, n, id, path, len));
+            }
+            None => {
+                let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if let Err(e) = removed {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete a stray entry of the disk tier");
+                }
+            }
+        }
+    }
+    // Newest first; ties (same second) by file number, also newest first.
+    found.sort_by_key(|(modified, n, ..)| std::cmp::Reverse((*modified, *n)));
+    let mut kept = Vec::new();
+    let mut total = 0u64;
+    for (_, _, id, path, len) in found {
+        if total.saturating_add(len) <= budget {
+            total += len;
+            kept.push((id, path, len));
+        } else if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a slice beyond the disk budget");
+        }
+    }
+    // moka's future cache needs no runtime of its own to insert: the index
+    // is filled before anything else can use it.
+    futures::executor::block_on(async {
+        for (id, path, len) in kept.into_iter().rev() {
+            index.insert(id, Arc::new(SliceFile { path, len })).await;
+        }
+        index.run_pending_tasks().await;
+    });
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reopened_disk_tier_serves_what_it_had_and_drops_what_is_not_a_slice() {
+        let dir = std::env::temp_dir().join(format!("weir-tier-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier = DiskTier::open(&dir, 1 << 20).expect("open");
+        for i in 0..5u8 {
+            tier.put(format!("obj\u{0}etag\u{0}{i}"), &Bytes::from(vec![i; 1000]))
+                .await
+                .expect("put");
+        }
+        drop(tier);
+        let slices = dir.join("weir-slices");
+        // What a crash or another hand leaves behind.
+        std::fs::write(slices.join("99.tmp"), b"half a slice").expect("tmp");
+        std::fs::write(slices.join("notes.txt"), b"foreign").expect("foreign");
+        std::fs::write(slices.join("7.slice"), b"WEIRSLC1\xff\xff\xff\xff").expect("damaged");
+        std::fs::write(slices.join("8.slice"), b"WEIRSL").expect("short");
+        let mut long_id = MAGIC.to_vec();
+        long_id.extend_from_slice(&100u32.to_be_bytes());
+        long_id.extend_from_slice(b"too short for its length");
+        std::fs::write(slices.join("9.slice"), long_id).expect("lying length");
+        std::fs::create_dir(slices.join("10.slice")).expect("a directory");
+
+        let tier = DiskTier::open(&dir, 1 << 20).expect("reopen");
+        for i in 0..5u8 {
+            assert_eq!(
+                tier.get(&format!("obj\u{0}etag\u{0}{i}"), 1000).await,
+                Some(Bytes::from(vec![i; 1000])),
+                "slice {i} survives the restart"
+            );
+        }
+        assert_eq!(tier.weighted_size().await, 5000);
+        let mut left: Vec<String> = std::fs::read_dir(&slices)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["0.slice", "1.slice", "2.slice", "3.slice", "4.slice"]
+        );
+        // A new slice never takes a surviving one's file.
+        tier.put("new".into(), &Bytes::from(vec![9u8; 10]))
+            .await
+            .expect("put");
+        assert_eq!(
+            tier.get("obj\u{0}etag\u{0}0", 1000).await,
+            Some(Bytes::from(vec![0u8; 1000]))
+        );
+        assert_eq!(tier.get("new", 10).await, Some(Bytes::from(vec![9u8; 10])));
+        drop(tier);
+
+        // Reopened with a smaller budget: the newest that fit are kept
+        // ("new", then slice 4, then 3 = 2010 bytes; 2 would pass 2500).
+        let tier = DiskTier::open(&dir, 2500).expect("reopen smaller");
+        assert_eq!(tier.weighted_size().await, 2010);
+        assert_eq!(tier.get("new", 10).await, Some(Bytes::from(vec![9u8; 10])));
+        for i in [3u8, 4] {
+            assert_eq!(
+                tier.get(&format!("obj\u{0}etag\u{0}{i}"), 1000).await,
+                Some(Bytes::from(vec![i; 1000]))
+            );
+        }
+        assert_eq!(tier.get("obj\u{0}etag\u{0}2", 1000).await, None);
+        let files = std::fs::read_dir(&slices).expect("dir").count();
+        assert_eq!(files, 3, "the older slices' files are deleted");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn disk_tier_stays_under_budget_and_deletes_evicted_files() {

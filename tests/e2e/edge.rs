@@ -109,6 +109,64 @@ async fn check_body(resp: reqwest::Response, offset: u64) -> u64 {
     n
 }
 
+/// `weir_edge_origin_requests_total{kind="slice"}` of a running edge.
+async fn slice_fetches(edge: &Edge) -> u64 {
+    let text = edge.metrics().await;
+    text.lines()
+        .find(|l| l.starts_with("weir_edge_origin_requests_total{") && l.contains("kind=\"slice\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// With `edge.disk_dir` kept, a restarted edge serves the large object it
+/// cached before from its disk tier: every byte right, no slice asked of
+/// the origin again (only the object's metadata is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_edge_serves_its_disk_tier_without_fetching_again() {
+    const SIZE: u64 = 24 * MIB;
+    let world = TestWorld::create(1).await;
+    let body: Vec<u8> = (0..SIZE).map(byte_at).collect();
+    let (_s3, endpoint) = private_origin("big/kept.bin", body).await;
+    let slice = MIB.to_string();
+    let env = origin_env(
+        &world,
+        &endpoint,
+        &[
+            ("WEIR_S3_TIMEOUT", "30s"),
+            ("WEIR_EDGE_SLICE_SIZE", &slice),
+            ("WEIR_EDGE_MEMORY_OBJECT_MAX", &(4 * MIB).to_string()),
+        ],
+    );
+    let edge = Edge::start(&env).await;
+    let http = reqwest::Client::new();
+    let url = |e: &Edge| format!("http://{}/big/kept.bin", e.addr);
+
+    let resp = answer(http.get(url(&edge))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(check_body(resp, 0).await, SIZE);
+    let before = slice_fetches(&edge).await;
+    assert!(before >= SIZE / MIB - 1, "{before} slices fetched cold");
+
+    let edge = edge.restart(&env).await;
+    let resp = answer(http.get(url(&edge))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(check_body(resp, 0).await, SIZE);
+    let (a, b) = (5 * MIB + 7, 17 * MIB + 11);
+    let resp = answer(
+        http.get(url(&edge))
+            .header("range", format!("bytes={a}-{b}")),
+    )
+    .await;
+    assert_eq!(resp.status(), 206);
+    assert_eq!(check_body(resp, a).await, b - a + 1);
+    assert_eq!(
+        slice_fetches(&edge).await,
+        0,
+        "the restarted edge fetched slices it had on disk"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_passes_through_in_bounded_memory() {
     let world = TestWorld::create(1).await;

@@ -301,6 +301,25 @@ impl Edge {
     /// [`Edge::start`] on `cpus`.
     pub async fn start_on(cpus: Cpus, env: &[(String, String)]) -> Edge {
         let dir = std::env::temp_dir().join(unique("weir-edge-e2e"));
+        Self::start_in(cpus, dir, env).await
+    }
+
+    /// Stops this edge (SIGTERM, a clean exit required) and starts another
+    /// on the same disk directory with `env` and new ports, as an operator
+    /// restarts one.
+    pub async fn restart(mut self, env: &[(String, String)]) -> Edge {
+        let status = self.proc.terminate(Duration::from_secs(15));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "edge stops cleanly: {status:?}"
+        );
+        // The directory outlives this process (Drop removes `self.dir`).
+        let dir = std::mem::take(&mut self.dir);
+        drop(self);
+        Self::start_in(Cpus::All, dir, env).await
+    }
+
+    async fn start_in(cpus: Cpus, dir: PathBuf, env: &[(String, String)]) -> Edge {
         let mut env = env.to_vec();
         env.extend(
             [
@@ -339,7 +358,9 @@ impl Edge {
 impl Drop for Edge {
     fn drop(&mut self) {
         self.proc.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
