@@ -392,6 +392,16 @@ mod tests {
         long_id.extend_from_slice(b"too short for its length");
         std::fs::write(slices.join("9.slice"), long_id).expect("lying length");
         std::fs::create_dir(slices.join("10.slice")).expect("a directory");
+        // A link to a slice elsewhere, and a FIFO that would block a reader:
+        // neither is opened, both are removed (the link, not its target).
+        let outside = dir.join("outside.slice");
+        std::fs::copy(slices.join("0.slice"), &outside).expect("copy");
+        std::os::unix::fs::symlink(&outside, slices.join("11.slice")).expect("symlink");
+        nix::unistd::mkfifo(
+            &slices.join("12.slice"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("fifo");
 
         let tier = DiskTier::open(&dir, 1 << 20).expect("reopen");
         for i in 0..5u8 {
@@ -411,6 +421,7 @@ mod tests {
             left,
             ["0.slice", "1.slice", "2.slice", "3.slice", "4.slice"]
         );
+        assert!(outside.exists(), "a link's target is not deleted");
         // A new slice never takes a surviving one's file.
         tier.put("new".into(), &Bytes::from(vec![9u8; 10]))
             .await
