@@ -59,7 +59,8 @@ pub struct EdgeConfig {
     pub disk_dir: String,
     /// Byte budget of the disk tier.
     pub disk_budget: u64,
-    /// Largest body `POST /upload` and `POST /fetch` accept.
+    /// Largest body `POST /upload` and `POST /fetch` accept (a policy
+    /// limit: bodies stream to S3 in parts, so memory does not grow with it).
     pub upload_max: u64,
     /// Redirects `POST /fetch` follows.
     pub fetch_max_redirects: usize,

@@ -1036,6 +1036,207 @@ async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
     }
 }
 
+/// Large uploads stream to S3 as a multipart upload, completed only when the
+/// whole body is in: the object is whole (an S3 multipart ETag, every byte
+/// right through the edge), and one refused (too large, or its key sent
+/// after it) leaves neither an object nor an unfinished upload behind.
+#[tokio::test]
+async fn large_uploads_stream_as_multipart_and_refused_ones_leave_nothing() {
+    const MIB: usize = 1024 * 1024;
+    let mut opts = Options::default();
+    opts.edge.upload_max = 30 * MIB as u64;
+    opts.edge.fetch_allow = vec!["127.0.0.1/32".into()];
+    let h = start(opts).await;
+    let boundary = "weirbigboundary";
+    // The file's name, the key when the form's key comes late: this run's.
+    let fname = format!("{}-big.bin", h.prefix);
+    // `key` before or after the file, or none.
+    let form = |key: Option<&str>, key_first: bool, content: &[u8]| {
+        let key_part = key.map(|k| {
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{k}\r\n")
+        });
+        let mut b = Vec::new();
+        if key_first {
+            b.extend_from_slice(key_part.clone().unwrap_or_default().as_bytes());
+        }
+        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{fname}\"\r\nContent-Type: application/x-test\r\n\r\n").as_bytes());
+        b.extend_from_slice(content);
+        b.extend_from_slice(b"\r\n");
+        if !key_first {
+            b.extend_from_slice(key_part.unwrap_or_default().as_bytes());
+        }
+        b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        b
+    };
+    let post = |body: Vec<u8>| {
+        h.http
+            .post(format!("{}/upload", h.admin))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+    };
+    // Unfinished multipart uploads of this test's keys (and of its file
+    // name, the key of a form whose key comes late).
+    async fn pending(h: &Harness, fname: &str) -> usize {
+        h.s3.list_multipart_uploads()
+            .bucket(&h.bucket)
+            .send()
+            .await
+            .expect("list uploads")
+            .uploads()
+            .iter()
+            .filter(|u| {
+                u.key()
+                    .is_some_and(|k| k.starts_with(&h.prefix) || k == fname)
+            })
+            .count()
+    }
+    async fn exists(h: &Harness, key: &str) -> bool {
+        h.s3.head_object()
+            .bucket(&h.bucket)
+            .key(key)
+            .send()
+            .await
+            .is_ok()
+    }
+
+    // The listing sees an unfinished upload (else "none left" below would
+    // prove nothing).
+    let probe =
+        h.s3.create_multipart_upload()
+            .bucket(&h.bucket)
+            .key(h.key("probe"))
+            .send()
+            .await
+            .expect("create upload");
+    assert_eq!(pending(&h, &fname).await, 1);
+    h.s3.abort_multipart_upload()
+        .bucket(&h.bucket)
+        .key(h.key("probe"))
+        .upload_id(probe.upload_id().expect("id"))
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(pending(&h, &fname).await, 0);
+
+    // 20 MiB, key first: three parts (8 + 8 + 4 MiB).
+    let big = pattern(20 * MIB, 3);
+    let key = h.key("up/big.bin");
+    let r = post(form(Some(&key), true, &big)).await.expect("upload");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["size"], 20 * MIB);
+    let etag = v["etag"]
+        .as_str()
+        .expect("etag")
+        .trim_matches('"')
+        .to_string();
+    assert!(etag.ends_with("-3"), "a three-part upload's ETag: {etag}");
+    let got = h.get(&format!("/{key}"), &[]).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "application/x-test");
+    assert!(
+        got.bytes().await.expect("body") == big,
+        "the stored bytes differ"
+    );
+
+    // A small file may still be named by a key after it.
+    let small_key = h.key("up/small-late-key.bin");
+    let r = post(form(Some(&small_key), false, b"small"))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+    assert!(exists(&h, &small_key).await);
+
+    // A large file before its key: refused, nothing stored under either
+    // name, the multipart upload aborted.
+    let late_key = h.key("up/late-key.bin");
+    let r = post(form(Some(&late_key), false, &big))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 400);
+    assert!(!exists(&h, &late_key).await);
+    assert!(!exists(&h, &fname).await);
+
+    // Past edge.upload_max after two parts were sent: 413, aborted.
+    let too_big_key = h.key("up/too-big.bin");
+    let r = post(form(Some(&too_big_key), true, &pattern(31 * MIB, 5)))
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 413);
+    assert!(!exists(&h, &too_big_key).await);
+
+    // /fetch streams the same way.
+    let source = redirecting_source(big.clone()).await;
+    let fkey = h.key("up/fetched-big.bin");
+    let r = h
+        .http
+        .post(format!("{}/fetch", h.admin))
+        .json(&serde_json::json!({ "url": format!("{source}/r/1"), "key": fkey }))
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert!(v["etag"]
+        .as_str()
+        .expect("etag")
+        .trim_matches('"')
+        .ends_with("-3"));
+    assert!(
+        h.get(&format!("/{fkey}"), &[])
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            == big
+    );
+
+    // A client that goes away after 20 of its 25 MiB: the body ends short,
+    // and the multipart upload is aborted.
+    {
+        use tokio::io::AsyncWriteExt;
+        let gone_key = h.key("up/client-gone.bin");
+        let body = form(Some(&gone_key), true, &pattern(25 * MIB, 7));
+        let admin = h.admin.trim_start_matches("http://").to_string();
+        let mut sock = tokio::net::TcpStream::connect(&admin)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: {admin}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).await.expect("head");
+        sock.write_all(&body[..20 * MIB])
+            .await
+            .expect("part of the body");
+        // Two parts are in S3 once the edge has read 16 MiB and more.
+        let t = std::time::Instant::now();
+        while pending(&h, &fname).await == 0 && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(pending(&h, &fname).await, 1, "the upload had started");
+        drop(sock);
+        let t = std::time::Instant::now();
+        while pending(&h, &fname).await > 0 && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!exists(&h, &gone_key).await);
+    }
+
+    assert_eq!(
+        pending(&h, &fname).await,
+        0,
+        "no multipart upload left unfinished"
+    );
+    for k in [key, small_key, fkey] {
+        h.delete(&k).await;
+    }
+}
+
 #[tokio::test]
 async fn bucket_in_the_path_when_several_buckets_are_served() {
     let bucket = s3_config(None).bucket;
