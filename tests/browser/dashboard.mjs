@@ -146,15 +146,22 @@ try {
     const r = [...document.querySelectorAll("#fleet-table tbody tr")].find((tr) => tr.dataset.id === v);
     return r && r.className === "up";
   }, VICTIM, 30000);
+  // The moment the row turns down, taken when the page changes it (a
+  // MutationObserver runs right after the change) rather than by polling,
+  // whose interval would add up to its own length to every measure.
   const watch = (p) => p.evaluate(([v]) => new Promise((resolve) => {
-    const t = setInterval(() => {
-      const r = [...document.querySelectorAll("#fleet-table tbody tr")].find((tr) => tr.dataset.id === v);
+    const table = document.querySelector("#fleet-table");
+    const check = () => {
+      const r = [...table.querySelectorAll("tbody tr")].find((tr) => tr.dataset.id === v);
       if (r && r.className === "down") {
-        clearInterval(t);
+        obs.disconnect();
         const n = window.weirDashboard.state.nodes.get(v);
         resolve({ at: Date.now(), last: n.last_ms });
       }
-    }, 50);
+    };
+    const obs = new MutationObserver(check);
+    obs.observe(table, { subtree: true, childList: true, attributes: true, attributeFilter: ["class"] });
+    check();
   }), [VICTIM]);
   const downA = watch(page), downB = watch(pageB);
   process.kill(VICTIM_PID, "SIGKILL");
