@@ -62,9 +62,11 @@
     if (pending) return;
     pending = true;
     // A hidden tab gets no animation frames: the table would freeze with a
-    // node still shown up. Render it on a timer instead.
+    // node still shown up. Render it at the end of the current task instead
+    // (a microtask: Chromium holds a hidden tab's timers to one a second,
+    // which made a node turn down there up to a second late).
     const go = () => { pending = false; render(); };
-    if (document.hidden) setTimeout(go, 0); else requestAnimationFrame(go);
+    if (document.hidden) queueMicrotask(go); else requestAnimationFrame(go);
   };
 
   const setBody = (id, rows) => {
@@ -226,6 +228,23 @@
       drawn = { pipeline: state.pipeline, at: now };
     }
     document.body.dataset.seq = state.seq;
+    armNextTurn(now);
+  }
+
+  // The next moment a node turns stale or down by the clock alone: render
+  // then, rather than up to a 500 ms tick later (the tick stays, for ages).
+  let turnTimer = null;
+  function armNextTurn(now) {
+    let next = Infinity;
+    for (const n of state.nodes.values()) {
+      if (n.status === "down") continue;
+      const iv = Math.max(1, n.interval_ms);
+      for (const at of [n.last_ms + 2 * iv, n.last_ms + 3 * iv]) {
+        if (at >= now && at < next) next = at;
+      }
+    }
+    if (turnTimer !== null) clearTimeout(turnTimer);
+    turnTimer = next === Infinity ? null : setTimeout(() => { turnTimer = null; schedule(); }, next - now + 1);
   }
 
   function setupFilters() {

@@ -133,7 +133,12 @@ try {
   // only when one is left; the first page is still open, so it stays leader.
 
   // 4. A second center's page.
-  const pageB = await ctx.newPage();
+  // In a window of its own, as a second screen would be: a page in a
+  // background tab of the same window is hidden, and Chromium runs a hidden
+  // page's timers once a second (the dashboard then catches up from the
+  // stream, up to a second late, which nobody sees).
+  const ctxB = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+  const pageB = await ctxB.newPage();
   await pageB.goto(B + "/");
   await until(pageB, `${HOST} up on the second center`, (h) => {
     const r = [...document.querySelectorAll("#fleet-table tbody tr")].find((tr) => tr.dataset.id === h);
