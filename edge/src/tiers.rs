@@ -282,9 +282,9 @@ impl DiskTier {
 /// and an index: far shorter); a longer length field marks a damaged file.
 const MAX_ID_LEN: u32 = 64 * 1024;
 
-/// A slice file's id and the length of its header, or `None` when the file
-/// is not a complete slice file.
-fn read_slice_header(path: &Path) -> Option<(String, u64, u64)> {
+/// A slice file's id and the length of the slice it holds, or `None` when
+/// the file is not a complete slice file.
+fn read_slice_header(path: &Path) -> Option<(String, u64)> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -300,7 +300,7 @@ fn read_slice_header(path: &Path) -> Option<(String, u64, u64)> {
     let mut id = vec![0u8; id_len as usize];
     f.read_exact(&mut id).ok()?;
     let header_len = 12 + u64::from(id_len);
-    Some((String::from_utf8(id).ok()?, header_len, len - header_len))
+    Some((String::from_utf8(id).ok()?, len - header_len))
 }
 
 /// Indexes the slice files in `dir` (`N.slice`, written by
@@ -323,7 +323,7 @@ fn restore(dir: &Path, index: &Cache<String, Arc<SliceFile>>, budget: u64) -> st
             _ => None,
         };
         match slice {
-            Some((n, (id, _header, len))) => {
+            Some((n, (id, len))) => {
                 next = next.max(n.saturating_add(1));
                 let modified = entry
                     .metadata()
@@ -343,7 +343,7 @@ fn restore(dir: &Path, index: &Cache<String, Arc<SliceFile>>, budget: u64) -> st
             }
         }
     }
-    // Newest first; ties (same second) by file number, also newest first.
+    // Newest first; equal times by file number, also newest first.
     found.sort_by_key(|(modified, n, ..)| std::cmp::Reverse((*modified, *n)));
     let mut kept = Vec::new();
     let mut total = 0u64;

@@ -115,44 +115,44 @@ impl<'a> Upload<'a> {
     }
 
     async fn send_part(&mut self, part: Bytes) -> Result<(), ApiError> {
-        if self.multipart.is_none() {
-            let created = self
-                .s3()
-                .create_multipart_upload()
-                .bucket(&self.obj.bucket)
-                .key(&self.obj.key)
-                .set_content_type(self.content_type.clone())
-                .send()
-                .await
-                .map_err(s3_error)?;
-            let id = created
-                .upload_id()
-                .ok_or_else(|| ApiError::bad_gateway("S3 gave no upload id"))?
-                .to_string();
-            self.multipart = Some((id, Vec::new()));
-        }
-        let Some((id, parts)) = &self.multipart else {
-            return Err(ApiError::bad_gateway("no multipart upload"));
+        let (id, parts) = match &mut self.multipart {
+            Some(m) => m,
+            None => {
+                let created = self
+                    .s3()
+                    .create_multipart_upload()
+                    .bucket(&self.obj.bucket)
+                    .key(&self.obj.key)
+                    .set_content_type(self.content_type.clone())
+                    .send()
+                    .await
+                    .map_err(s3_error)?;
+                let id = created
+                    .upload_id()
+                    .ok_or_else(|| ApiError::bad_gateway("S3 gave no upload id"))?;
+                self.multipart.insert((id.to_string(), Vec::new()))
+            }
         };
         let number = parts.len() as i32 + 1;
         let sent = self
-            .s3()
+            .edge
+            .origin()
+            .client()
             .upload_part()
             .bucket(&self.obj.bucket)
             .key(&self.obj.key)
-            .upload_id(id)
+            .upload_id(id.as_str())
             .part_number(number)
             .body(ByteStream::from(part))
             .send()
             .await
             .map_err(s3_error)?;
-        let done = CompletedPart::builder()
-            .part_number(number)
-            .set_e_tag(sent.e_tag().map(str::to_string))
-            .build();
-        if let Some((_, parts)) = &mut self.multipart {
-            parts.push(done);
-        }
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag().map(str::to_string))
+                .build(),
+        );
         Ok(())
     }
 
@@ -195,6 +195,7 @@ impl<'a> Upload<'a> {
         match completed {
             Ok(out) => Ok(out.e_tag().map(str::to_string)),
             Err(e) => {
+                // Not completed: put it back for the caller's abort.
                 self.multipart = Some((id, Vec::new()));
                 Err(s3_error(e))
             }
@@ -204,19 +205,28 @@ impl<'a> Upload<'a> {
     /// Gives up: a multipart upload started is aborted, so S3 keeps none
     /// of its parts (and no object appears).
     async fn abort(&mut self) {
-        if let Some((id, _)) = self.multipart.take() {
-            if let Err(e) = self
-                .s3()
-                .abort_multipart_upload()
-                .bucket(&self.obj.bucket)
-                .key(&self.obj.key)
-                .upload_id(&id)
-                .send()
-                .await
-            {
+        if let Some(abort) = self.abort_request() {
+            if let Err(e) = abort.send().await {
                 tracing::warn!(key = %self.obj.key, error = %aws_sdk_s3::error::DisplayErrorContext(e), "could not abort a multipart upload; S3's lifecycle rules must clean it up");
             }
         }
+    }
+
+    /// The request that aborts the multipart upload started, if any (and
+    /// forgets it).
+    fn abort_request(
+        &mut self,
+    ) -> Option<
+        aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder,
+    > {
+        let (id, _) = self.multipart.take()?;
+        Some(
+            self.s3()
+                .abort_multipart_upload()
+                .bucket(&self.obj.bucket)
+                .key(&self.obj.key)
+                .upload_id(id),
+        )
     }
 
     /// Finishes (or, on an error, aborts) and answers the new object's URL.
@@ -256,23 +266,11 @@ impl Drop for Upload<'_> {
     /// it: the multipart upload started is aborted in the background, so S3
     /// does not keep its parts.
     fn drop(&mut self) {
-        if let Some((id, _)) = self.multipart.take() {
-            let (s3, bucket, key) = (
-                self.s3().clone(),
-                self.obj.bucket.clone(),
-                self.obj.key.clone(),
-            );
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = s3
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await;
-                });
-            }
+        if let (Some(abort), Ok(rt)) = (self.abort_request(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                let _ = abort.send().await;
+            });
         }
     }
 }

@@ -938,6 +938,50 @@ async fn redirecting_source(body: Bytes) -> String {
     format!("http://{addr}")
 }
 
+/// The boundary of the upload forms the tests build.
+const BOUNDARY: &str = "weirformboundary42";
+
+/// Where an upload form's `key` field goes.
+enum KeyAt {
+    Before,
+    After,
+}
+
+/// A `multipart/form-data` body: a `file` part and, if given, a `key` field
+/// before or after it.
+fn upload_form(key: Option<(&str, KeyAt)>, filename: &str, ctype: &str, content: &[u8]) -> Vec<u8> {
+    let key_field = |k: &str| {
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{k}\r\n")
+    };
+    let mut b = Vec::new();
+    if let Some((k, KeyAt::Before)) = &key {
+        b.extend_from_slice(key_field(k).as_bytes());
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {ctype}\r\n\r\n").as_bytes());
+    b.extend_from_slice(content);
+    b.extend_from_slice(b"\r\n");
+    if let Some((k, KeyAt::After)) = &key {
+        b.extend_from_slice(key_field(k).as_bytes());
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+impl Harness {
+    /// Posts an [`upload_form`] body to the admin address's `/upload`.
+    async fn post_upload(&self, body: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{}/upload", self.admin))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(body)
+            .send()
+            .await
+    }
+}
+
 #[tokio::test]
 async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
     let mut opts = Options::default();
@@ -947,30 +991,10 @@ async fn upload_and_fetch_store_into_s3_on_the_admin_address() {
     opts.edge.fetch_allow = vec!["127.0.0.1/32".into()];
     let h = start(opts).await;
     let key = h.key("up/hello world.txt");
-    let boundary = "weirboundary42";
     let form = |key: &str, content: &[u8]| {
-        let mut b = Vec::new();
-        b.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{key}\r\n"
-            )
-            .as_bytes(),
-        );
-        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes());
-        b.extend_from_slice(content);
-        b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        b
+        upload_form(Some((key, KeyAt::Before)), "x.txt", "text/plain", content)
     };
-    let post_form = |body: Vec<u8>| {
-        h.http
-            .post(format!("{}/upload", h.admin))
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(body)
-            .send()
-    };
+    let post_form = |body: Vec<u8>| h.post_upload(body);
     let r = post_form(form(&key, b"uploaded through the edge"))
         .await
         .expect("upload");
@@ -1047,37 +1071,17 @@ async fn large_uploads_stream_as_multipart_and_refused_ones_leave_nothing() {
     opts.edge.upload_max = 30 * MIB as u64;
     opts.edge.fetch_allow = vec!["127.0.0.1/32".into()];
     let h = start(opts).await;
-    let boundary = "weirbigboundary";
     // The file's name, the key when the form's key comes late: this run's.
     let fname = format!("{}-big.bin", h.prefix);
-    // `key` before or after the file, or none.
     let form = |key: Option<&str>, key_first: bool, content: &[u8]| {
-        let key_part = key.map(|k| {
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{k}\r\n")
-        });
-        let mut b = Vec::new();
-        if key_first {
-            b.extend_from_slice(key_part.clone().unwrap_or_default().as_bytes());
-        }
-        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{fname}\"\r\nContent-Type: application/x-test\r\n\r\n").as_bytes());
-        b.extend_from_slice(content);
-        b.extend_from_slice(b"\r\n");
-        if !key_first {
-            b.extend_from_slice(key_part.unwrap_or_default().as_bytes());
-        }
-        b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        b
+        let at = if key_first {
+            KeyAt::Before
+        } else {
+            KeyAt::After
+        };
+        upload_form(key.map(|k| (k, at)), &fname, "application/x-test", content)
     };
-    let post = |body: Vec<u8>| {
-        h.http
-            .post(format!("{}/upload", h.admin))
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(body)
-            .send()
-    };
+    let post = |body: Vec<u8>| h.post_upload(body);
     // Unfinished multipart uploads of this test's keys (and of its file
     // name, the key of a form whose key comes late).
     async fn pending(h: &Harness, fname: &str) -> usize {
@@ -1143,6 +1147,40 @@ async fn large_uploads_stream_as_multipart_and_refused_ones_leave_nothing() {
         "the stored bytes differ"
     );
 
+    // At the part size's edges: empty and exactly one part are one
+    // PutObject; one byte more is two parts, the last of one byte.
+    for (name, len, parts) in [
+        ("empty", 0, None),
+        ("one-part", 8 * MIB, None),
+        ("one-more", 8 * MIB + 1, Some("-2")),
+    ] {
+        let k = h.key(&format!("up/{name}.bin"));
+        let body = pattern(len, 9);
+        let r = post(form(Some(&k), true, &body)).await.expect("upload");
+        assert_eq!(r.status(), 201, "{name}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["size"], len, "{name}");
+        let etag = v["etag"]
+            .as_str()
+            .expect("etag")
+            .trim_matches('"')
+            .to_string();
+        match parts {
+            Some(suffix) => assert!(etag.ends_with(suffix), "{name}: {etag}"),
+            None => assert!(
+                !etag.contains('-'),
+                "{name}: a single PutObject's ETag, got {etag}"
+            ),
+        }
+        let got = h.get(&format!("/{k}"), &[]).await;
+        assert_eq!(got.status(), 200, "{name}");
+        assert!(
+            got.bytes().await.expect("body") == body,
+            "{name}: the stored bytes differ"
+        );
+        h.delete(&k).await;
+    }
+
     // A small file may still be named by a key after it.
     let small_key = h.key("up/small-late-key.bin");
     let r = post(form(Some(&small_key), false, b"small"))
@@ -1206,7 +1244,7 @@ async fn large_uploads_stream_as_multipart_and_refused_ones_leave_nothing() {
             .await
             .expect("connect");
         let head = format!(
-            "POST /upload HTTP/1.1\r\nHost: {admin}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nHost: {admin}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         sock.write_all(head.as_bytes()).await.expect("head");
