@@ -109,14 +109,10 @@ async fn check_body(resp: reqwest::Response, offset: u64) -> u64 {
     n
 }
 
-/// `weir_edge_origin_requests_total{kind="slice"}` of a running edge.
+/// Slices a running edge fetched from its origin.
 async fn slice_fetches(edge: &Edge) -> u64 {
-    let text = edge.metrics().await;
-    text.lines()
-        .find(|l| l.starts_with("weir_edge_origin_requests_total{") && l.contains("kind=\"slice\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    edge.metric("weir_edge_origin_requests_total{kind=\"slice\"}")
+        .await as u64
 }
 
 /// With `edge.disk_dir` kept, a restarted edge serves the large object it

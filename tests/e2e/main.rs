@@ -271,11 +271,17 @@ impl Ingest {
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_samples(&text, prefix)
     }
+}
+
+/// Sum of the samples of a `/metrics` text whose line starts with `prefix`
+/// (name and labels), 0 when there is none.
+pub fn sum_samples(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A running `weir edge` with its own client and admin ports and disk tier
@@ -342,6 +348,11 @@ impl Edge {
             proc,
             dir,
         }
+    }
+
+    /// [`sum_samples`] of the edge's `/metrics`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        sum_samples(&self.metrics().await, prefix)
     }
 
     /// The edge's `/metrics` text.
