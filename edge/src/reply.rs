@@ -385,9 +385,7 @@ mod tests {
 
     /// A slice file: a 6-byte header, then `len` bytes of a pattern.
     fn slice_file(len: usize) -> (TempFile, Vec<u8>) {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("weir-reply-test-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(weir_testkit::unique("weir-reply-test"));
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut f = std::fs::File::create(&path).expect("temp file");
         f.write_all(b"HEADER").expect("write");
