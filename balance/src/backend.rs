@@ -90,6 +90,8 @@ pub struct Backend {
     pub host_header: hyper::header::HeaderValue,
     /// Kept-alive connections waiting for a request.
     pub conns: IdleConns,
+    /// Kept-alive plain connections of the direct path.
+    pub raw: crate::direct::RawIdle,
     inflight: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Configured weight (static), or 1 (fleet).
@@ -183,6 +185,7 @@ impl Backend {
             connect_uri,
             host_header,
             conns: IdleConns::default(),
+            raw: Default::default(),
             inflight: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             weight: AtomicU32::new(weight),

@@ -94,6 +94,12 @@ pub struct BalanceConfig {
     pub hash_load_factor: f64,
     /// Stickiness of the default pool: empty or `cookie`.
     pub sticky: String,
+    /// Forward plain HTTP/1.1 requests without a body by copying their
+    /// heads with only the proxy's edits, as HAProxy and nginx do, rather
+    /// than through hyper's header maps (docs/balance.md, "The direct
+    /// path"). Anything else takes the hyper path either way; `false`
+    /// sends every request through it.
+    pub fast_path: bool,
     /// Pools by name (`[balance.pools.NAME]`).
     pub pools: BTreeMap<String, PoolConfig>,
     /// Path routes to pools; the longest matching prefix wins, requests
@@ -141,6 +147,7 @@ impl Default for BalanceConfig {
             slow_start: Duration::from_secs(30),
             hash_load_factor: 1.25,
             sticky: String::new(),
+            fast_path: true,
             pools: BTreeMap::new(),
             routes: Vec::new(),
         }

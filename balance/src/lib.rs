@@ -16,6 +16,7 @@
 pub mod algorithm;
 pub mod backend;
 pub mod config;
+pub mod direct;
 pub mod events;
 pub mod fleet;
 pub mod pool;

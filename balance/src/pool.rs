@@ -410,7 +410,10 @@ impl Pool {
     /// many stay open.
     pub fn reap_idle(&self, now: Instant, max_idle: Duration) -> usize {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        registry.values().map(|b| b.conns.reap(now, max_idle)).sum()
+        registry
+            .values()
+            .map(|b| b.conns.reap(now, max_idle) + b.raw.reap(now, max_idle))
+            .sum()
     }
 
     /// The pool's state for the admin page.

@@ -81,7 +81,7 @@ pub struct Hop {
     /// The client's address.
     pub ip: IpAddr,
     /// What this hop adds to `X-Forwarded-For`: the address.
-    xff: HeaderValue,
+    pub(crate) xff: HeaderValue,
     /// What this hop adds to `Forwarded`, before any host:
     /// `for=…;proto=http` (an IPv6 address quoted and bracketed).
     fwd: HeaderValue,
@@ -120,9 +120,11 @@ pub struct Balancer {
     default: Arc<Pool>,
     routes: Vec<Route>,
     connector: Connector,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) first_byte_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     retries: u32,
+    direct: bool,
     id_seed: u64,
     next_id: AtomicU64,
 }
@@ -177,9 +179,11 @@ impl Balancer {
             default,
             routes,
             connector: Connector::new(cfg.connect_timeout, cfg.idle_timeout),
+            connect_timeout: cfg.connect_timeout,
             first_byte_timeout: cfg.first_byte_timeout,
             idle_timeout: cfg.idle_timeout,
             retries: cfg.retries,
+            direct: cfg.fast_path,
             id_seed: u64::from_le_bytes(
                 uuid::Uuid::new_v4().as_bytes()[..8]
                     .try_into()
@@ -192,6 +196,12 @@ impl Balancer {
     /// Every pool, by name.
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
+    }
+
+    /// Whether plain requests take the direct path (`balance.fast_path`,
+    /// [`crate::direct`]).
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     /// Whether any pool takes its members from the fleet.
@@ -232,7 +242,7 @@ impl Balancer {
         &self.default
     }
 
-    fn request_id(&self) -> HeaderValue {
+    pub(crate) fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
         hex(self.id_seed, &mut id[..16]);
@@ -293,13 +303,7 @@ impl Balancer {
             let backend = match pool.pick(hints, &tried, Instant::now()) {
                 Ok(b) => b,
                 Err(e) => {
-                    let (status, reason) = match (e, tried.is_empty()) {
-                        (_, false) => (StatusCode::BAD_GATEWAY, "backend_unreachable"),
-                        (NoBackend::Empty, true) => (StatusCode::SERVICE_UNAVAILABLE, "no_backend"),
-                        (NoBackend::Unavailable, true) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, "all_unavailable")
-                        }
-                    };
+                    let (status, reason) = no_backend(e, tried.is_empty());
                     return Ok(fail(&pool.name, status, reason));
                 }
             };
@@ -340,17 +344,7 @@ impl Balancer {
                 Ok(Err(SendError::Broken)) => Outcome::Broken,
                 Err(_) => Outcome::Timeout,
             };
-            backend.metrics.emit(Attempted {
-                outcome,
-                duration: elapsed,
-            });
-            match outcome {
-                Outcome::Success | Outcome::ServerError | Outcome::Timeout => {
-                    backend.observe_latency(elapsed, done)
-                }
-                Outcome::ConnectFailed | Outcome::Broken => {}
-            }
-            pool.record(&backend, outcome, done);
+            self.attempted(&pool, &backend, outcome, elapsed, done);
             match result {
                 Ok(Ok((resp, conn))) => {
                     let set_cookie = (pool.settings.sticky
@@ -366,24 +360,10 @@ impl Balancer {
                     return Ok(self.respond(resp, conn, guard, client_upgrade, set_cookie));
                 }
                 Ok(Err(_)) => {
-                    // Nothing reached the backend (connect failed), or an
-                    // idempotent request lost its connection before any
-                    // response: safe to send again, elsewhere.
-                    let again = retryable
-                        && matches!(outcome, Outcome::ConnectFailed | Outcome::Broken)
-                        && tried.len() < self.retries as usize;
-                    if again {
-                        let allowed = pool.budget.withdraw(Instant::now());
-                        Retried {
-                            pool: &pool.name,
-                            allowed,
-                        }
-                        .emit();
-                        if allowed {
-                            drop(guard);
-                            tried.push(backend);
-                            continue;
-                        }
+                    if self.may_retry(&pool, retryable, outcome, tried.len()) {
+                        drop(guard);
+                        tried.push(backend);
+                        continue;
                     }
                     return Ok(fail(&pool.name, StatusCode::BAD_GATEWAY, outcome.label()));
                 }
@@ -396,6 +376,55 @@ impl Balancer {
                 }
             }
         }
+    }
+
+    /// Records one attempt on `backend`: its metrics, its latency (when
+    /// it answered or timed out) and its passive health.
+    pub(crate) fn attempted(
+        &self,
+        pool: &Pool,
+        backend: &Backend,
+        outcome: Outcome,
+        elapsed: Duration,
+        done: Instant,
+    ) {
+        backend.metrics.emit(Attempted {
+            outcome,
+            duration: elapsed,
+        });
+        match outcome {
+            Outcome::Success | Outcome::ServerError | Outcome::Timeout => {
+                backend.observe_latency(elapsed, done)
+            }
+            Outcome::ConnectFailed | Outcome::Broken => {}
+        }
+        pool.record(backend, outcome, done);
+    }
+
+    /// Whether a failed attempt is sent again elsewhere: only when nothing
+    /// reached the backend (connect failed) or an idempotent request lost
+    /// its connection before any response, within the retries and the
+    /// pool's retry budget.
+    pub(crate) fn may_retry(
+        &self,
+        pool: &Pool,
+        retryable: bool,
+        outcome: Outcome,
+        tried: usize,
+    ) -> bool {
+        let again = retryable
+            && matches!(outcome, Outcome::ConnectFailed | Outcome::Broken)
+            && tried < self.retries as usize;
+        if !again {
+            return false;
+        }
+        let allowed = pool.budget.withdraw(Instant::now());
+        Retried {
+            pool: &pool.name,
+            allowed,
+        }
+        .emit();
+        allowed
     }
 
     fn respond(
@@ -457,20 +486,34 @@ pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// An answer of the balancer itself.
-fn fail(pool: &str, status: StatusCode, reason: &'static str) -> Response<Body> {
+/// The status and reason of a request no backend could be picked for.
+pub(crate) fn no_backend(e: NoBackend, first_attempt: bool) -> (StatusCode, &'static str) {
+    match (e, first_attempt) {
+        (_, false) => (StatusCode::BAD_GATEWAY, "backend_unreachable"),
+        (NoBackend::Empty, true) => (StatusCode::SERVICE_UNAVAILABLE, "no_backend"),
+        (NoBackend::Unavailable, true) => (StatusCode::SERVICE_UNAVAILABLE, "all_unavailable"),
+    }
+}
+
+/// Counts an answer of the balancer itself; its text.
+pub(crate) fn failure(pool: &str, status: StatusCode, reason: &'static str) -> &'static str {
     RequestFailed {
         pool,
         status: status.as_u16(),
         reason,
     }
     .emit();
-    let text = match status {
+    match status {
         StatusCode::SERVICE_UNAVAILABLE => "no backend available\n",
         StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time\n",
         StatusCode::BAD_REQUEST => "bad request\n",
         _ => "the backend could not be reached\n",
-    };
+    }
+}
+
+/// An answer of the balancer itself.
+fn fail(pool: &str, status: StatusCode, reason: &'static str) -> Response<Body> {
+    let text = failure(pool, status, reason);
     let mut r = Response::new(
         Full::new(Bytes::from_static(text.as_bytes()))
             .map_err(|never| match never {})
@@ -496,16 +539,21 @@ fn request_host<'a>(
     let raw = host
         .and_then(|h| h.to_str().ok())
         .or_else(|| authority.map(|a| a.as_str()))?;
+    Some(host_of(raw))
+}
+
+/// The host of a `Host` value: without its port, lowercased.
+pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
     let host = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {
         raw.split(':').next().unwrap_or(raw)
     };
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    })
+    }
 }
 
 /// Writes `n` as lower-case hex digits into `out` (its last 16 bytes, at
@@ -565,21 +613,7 @@ pub fn forward_headers(
     // `X-Forwarded-For` and `Forwarded` as the client sent them, joined
     // with this hop: read before the hop-by-hop headers go.
     let xff = joined(&h, &X_FORWARDED_FOR, &hop.xff);
-    let this = match host.filter(|h| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    }) {
-        Some(host) => {
-            let mut v = Vec::with_capacity(hop.fwd.len() + host.len() + 8);
-            v.extend_from_slice(hop.fwd.as_bytes());
-            v.extend_from_slice(b";host=\"");
-            v.extend_from_slice(host.as_bytes());
-            v.push(b'"');
-            HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| hop.fwd.clone())
-        }
-        None => hop.fwd.clone(),
-    };
+    let this = forwarded_for_this(hop, host);
     let fwd = joined(&h, &header::FORWARDED, &this);
     strip_hop_by_hop(&mut h);
     if let Some(u) = upgrade {
@@ -596,21 +630,50 @@ pub fn forward_headers(
 /// The values of `name` in `h`, joined with `, `, then `add` (`add` alone,
 /// shared rather than copied, when there is none).
 fn joined(h: &HeaderMap, name: &HeaderName, add: &HeaderValue) -> HeaderValue {
-    let mut prev = h
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
+    let mut prev = h.get_all(name).iter().map(|v| v.as_bytes()).peekable();
     if prev.peek().is_none() {
         return add.clone();
     }
     let mut v = Vec::new();
-    for p in prev {
-        v.extend_from_slice(p.as_bytes());
-        v.extend_from_slice(b", ");
-    }
-    v.extend_from_slice(add.as_bytes());
+    join_values(&mut v, prev, add.as_bytes());
     HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| add.clone())
+}
+
+/// Appends to `out` the values (those of visible ASCII; others are
+/// dropped) joined with `, `, then `add`: a forwarding header's list with
+/// this hop at its end.
+pub(crate) fn join_values<'a>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'a [u8]>,
+    add: &[u8],
+) {
+    for v in values {
+        if v.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(add);
+}
+
+/// This hop's `Forwarded` element: `for=…;proto=http`, and the host the
+/// client asked for when it is a plain name or address.
+pub(crate) fn forwarded_for_this(hop: &Hop, host: Option<&str>) -> HeaderValue {
+    match host.filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    }) {
+        Some(host) => {
+            let mut v = Vec::with_capacity(hop.fwd.len() + host.len() + 8);
+            v.extend_from_slice(hop.fwd.as_bytes());
+            v.extend_from_slice(b";host=\"");
+            v.extend_from_slice(host.as_bytes());
+            v.push(b'"');
+            HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| hop.fwd.clone())
+        }
+        None => hop.fwd.clone(),
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

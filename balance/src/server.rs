@@ -19,15 +19,19 @@
 //! (`balance.send_timeout`).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -35,12 +39,9 @@ use tracing::{info, warn};
 use weir_core::listener::Watched;
 
 use crate::config::BalanceConfig;
+use crate::direct::{self, Ended, FIRST_REQUEST_GRACE};
 use crate::fleet::FleetView;
 use crate::proxy::{Balancer, Hop};
-
-/// How long a connection accepted before shutdown but still without a
-/// request is given to send one.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Opens a listening socket on `addr`, with `SO_REUSEPORT` when
 /// `reuse_port`.
@@ -112,30 +113,54 @@ pub async fn serve(
     // Connections taken from the backlog after shutdown get one request.
     let mut last_call = http.clone();
     last_call.keep_alive(false);
-    let start = |http: &hyper::server::conn::http1::Builder,
+    let (http, last_call) = (Arc::new(http), Arc::new(last_call));
+    let header_read_timeout = cfg.header_read_timeout;
+    let start = |http: &Arc<hyper::server::conn::http1::Builder>,
                  stream: TcpStream,
                  peer: SocketAddr,
                  permit: Option<OwnedSemaphorePermit>,
                  stop: Option<CancellationToken>| {
         let _ = stream.set_nodelay(true);
         let bal = balancer.clone();
+        let http = http.clone();
         let asked = Arc::new(AtomicBool::new(false));
-        let seen = asked.clone();
         let hop = Arc::new(Hop::new(peer.ip()));
-        let svc = service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
-            bal.clone().handle(hop.clone(), req)
-        });
-        let (io, activity) = Watched::new(stream);
-        let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let (mut io, activity) = Watched::new(stream);
+        // Connections taken from the backlog after shutdown (no `stop`)
+        // get one request.
+        let keep_alive = stop.is_some();
         tracker.spawn(async move {
             let _slot = permit;
-            let mut conn = Box::pin(conn);
             // Dropping the connection closes the socket (and an upgraded
             // tunnel with it): a silent or non-reading client costs its
             // slot for a bounded time.
             let expired = activity.expired(limits);
             let mut expired = std::pin::pin!(expired);
+            // Plain requests take the direct path until one does not;
+            // hyper serves the connection from there, starting with what
+            // was read of that request.
+            let mut buf = BytesMut::new();
+            if bal.direct() {
+                let ended = tokio::select! {
+                    e = direct::serve(&bal, &hop, &mut io, &mut buf, header_read_timeout,
+                        stop.as_ref(), keep_alive, &asked) => e,
+                    _ = expired.as_mut() => return,
+                };
+                if ended == Ended::Closed {
+                    return;
+                }
+                if !buf.is_empty() {
+                    asked.store(true, Ordering::Relaxed);
+                }
+            }
+            let seen = asked.clone();
+            let svc = service_fn(move |req| {
+                seen.store(true, Ordering::Relaxed);
+                bal.clone().handle(hop.clone(), req)
+            });
+            let io = Rewind::new(io, buf.freeze());
+            let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            let mut conn = Box::pin(conn);
             'serve: {
                 if let Some(stop) = stop {
                     tokio::select! {
@@ -219,6 +244,65 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A client socket with the bytes the direct path read from it put back
+/// in front, for hyper to read first.
+struct Rewind<IO> {
+    pre: Bytes,
+    io: IO,
+}
+
+impl<IO> Rewind<IO> {
+    fn new(io: IO, pre: Bytes) -> Rewind<IO> {
+        Rewind { pre, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Follows the fleet view into the balancer's pools until the channel
