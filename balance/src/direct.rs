@@ -1050,7 +1050,205 @@ mod tests {
         }
     }
 
+    fn balancer() -> Balancer {
+        Balancer::new(&crate::config::BalanceConfig::default())
+    }
+
+    fn hop() -> Hop {
+        Hop::new("192.0.2.7".parse().expect("ip"))
+    }
+
+    /// The headers of a head, by lowercase name, values in order.
+    fn by_name(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut out: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for h in headers {
+            let n = h.name.to_ascii_lowercase();
+            match out.iter_mut().find(|(k, _)| *k == n) {
+                Some((_, v)) => v.push(h.value.to_vec()),
+                None => out.push((n, vec![h.value.to_vec()])),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// What the hyper path sends the backend for the same head: hyper's
+    /// parse into a `HeaderMap`, then [`crate::proxy::forward_headers`].
+    fn hyper_path(raw: &[u8], hop: &Hop) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        req.parse(raw).expect("parses");
+        let mut map = hyper::HeaderMap::new();
+        for h in req.headers.iter() {
+            map.append(
+                hyper::header::HeaderName::from_bytes(h.name.as_bytes()).expect("name"),
+                hyper::header::HeaderValue::from_bytes(h.value).expect("value"),
+            );
+        }
+        let host =
+            crate::proxy::host_of(map.get("host").and_then(|v| v.to_str().ok()).unwrap_or(""))
+                .into_owned();
+        let id = map
+            .get("x-request-id")
+            .cloned()
+            .unwrap_or_else(|| hyper::header::HeaderValue::from_static("generated"));
+        let out = crate::proxy::forward_headers(map, hop, Some(&host), false, id);
+        let mut v: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for name in out.keys() {
+            v.push((
+                name.as_str().to_string(),
+                out.get_all(name)
+                    .iter()
+                    .map(|x| x.as_bytes().to_vec())
+                    .collect(),
+            ));
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn requests_for_hyper_are_left_to_it() {
+        let bal = balancer();
+        let mut out = Vec::new();
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Hop\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+        ] {
+            assert!(
+                matches!(bal.plan(&hop(), raw, &mut out), Parsed::Fallback),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(matches!(
+            bal.plan(&hop(), b"GET / HTTP/1.1\r\nHost: a\r\n", &mut out),
+            Parsed::Partial
+        ));
+    }
+
+    /// A header of a request the direct path takes.
+    fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
+        let value =
+            proptest::collection::vec(prop_oneof![0x20u8..0x7f, Just(b'\t'), 0x80u8..=0xff], 0..24)
+                .prop_map(|mut v| {
+                    // httparse trims the value's ends; so does what it is
+                    // compared with.
+                    while v.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                        v.remove(0);
+                    }
+                    while v.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                        v.pop();
+                    }
+                    v
+                });
+        let name = prop_oneof![
+            Just("X-Forwarded-For".to_string()),
+            Just("forwarded".to_string()),
+            Just("X-Forwarded-Proto".to_string()),
+            Just("X-Request-Id".to_string()),
+            Just("Accept".to_string()),
+            Just("Cookie".to_string()),
+            Just("Idempotency-Key".to_string()),
+            "[a-zA-Z][a-zA-Z0-9-]{0,12}"
+                .prop_filter("a plain name", |n| { kind(n) == Kind::Other }),
+        ];
+        (name, value)
+    }
+
     proptest! {
+        /// The direct path sends the backend the head the hyper path
+        /// would: same method, target, and every header's values in order.
+        #[test]
+        fn the_direct_head_is_the_hyper_paths(
+            method in prop_oneof![Just("GET"), Just("HEAD"), Just("DELETE"), Just("OPTIONS"), Just("PURGE")],
+            target in "/[a-zA-Z0-9._~!$&'()*+,;=:@/%-]{0,30}(\\?[a-zA-Z0-9=&%]{0,20})?",
+            host in "[a-zA-Z0-9.-]{1,20}(:[0-9]{1,5})?",
+            headers in proptest::collection::vec(header(), 0..12),
+            connection in prop_oneof![Just(None), Just(Some("keep-alive")), Just(Some("close")), Just(Some("Keep-Alive, close"))],
+            zero_length in any::<bool>(),
+            request_id in any::<bool>(),
+        ) {
+            let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
+            for (n, v) in &headers {
+                raw.extend_from_slice(n.as_bytes());
+                raw.extend_from_slice(b": ");
+                raw.extend_from_slice(v);
+                raw.extend_from_slice(b"\r\n");
+            }
+            if let Some(c) = connection {
+                raw.extend_from_slice(format!("Connection: {c}\r\n").as_bytes());
+            }
+            if zero_length {
+                raw.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+            let has_id = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-request-id"));
+            if request_id && !has_id {
+                raw.extend_from_slice(b"X-Request-Id: given\r\n");
+            }
+            raw.extend_from_slice(b"\r\nNEXT");
+            let bal = balancer();
+            let hop = hop();
+            let mut out = Vec::new();
+            let plan = match bal.plan(&hop, &raw, &mut out) {
+                Parsed::Plan(p) => p,
+                other => return Err(TestCaseError::fail(format!("{other:?} for {:?}", String::from_utf8_lossy(&raw)))),
+            };
+            prop_assert_eq!(plan.head_len, raw.len() - 4);
+            prop_assert_eq!(plan.close, connection.is_some_and(|c| c.contains("close")));
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let mut sent = httparse::Request::new(&mut hs);
+            let n = sent.parse(&out).expect("the direct head parses");
+            prop_assert!(matches!(n, httparse::Status::Complete(k) if k == out.len()));
+            prop_assert_eq!(sent.method, Some(method));
+            prop_assert_eq!(sent.path, Some(target.as_str()));
+            let mut direct = by_name(sent.headers);
+            let mut hyper = hyper_path(&raw[..raw.len() - 4], &hop);
+            if !request_id && !has_id {
+                // Made up by each path: only its presence is compared.
+                for v in direct.iter_mut().chain(hyper.iter_mut()) {
+                    if v.0 == "x-request-id" {
+                        prop_assert_eq!(v.1.len(), 1);
+                        v.1 = vec![b"generated".to_vec()];
+                    }
+                }
+            }
+            prop_assert_eq!(direct, hyper);
+        }
+
+        /// Whatever the bytes, planning never panics, and a plan's head is
+        /// within what was read.
+        #[test]
+        fn planning_arbitrary_bytes_never_panics(
+            raw in proptest::collection::vec(any::<u8>(), 0..400),
+            prefix in prop_oneof![Just(&b""[..]), Just(&b"GET / HTTP/1.1\r\nHost: a\r\n"[..])],
+        ) {
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(&raw);
+            let mut out = Vec::new();
+            if let Parsed::Plan(p) = balancer().plan(&hop(), &bytes, &mut out) {
+                prop_assert!(p.head_len <= bytes.len());
+                prop_assert!(out.ends_with(b"\r\n\r\n"));
+            }
+        }
+
         /// Any split of a valid chunked body is followed to the same end,
         /// and what follows it is never counted as body.
         #[test]
