@@ -317,7 +317,14 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let born = tokio::time::Instant::now();
+    // One timer for the connection's life, re-armed only when it fires
+    // (a request costs no timer of its own): each head must come within
+    // `header_read_timeout` of the wait for it starting, which also closes
+    // a keep-alive connection idle that long, as on the hyper path.
+    let mut waiting_since = tokio::time::Instant::now();
+    let mut timer = Box::pin(tokio::time::sleep_until(
+        waiting_since + header_read_timeout,
+    ));
     let mut stopping = stop.map(|s| Box::pin(s.clone().cancelled_owned()));
     let mut grace: Option<tokio::time::Instant> = None;
     let mut out = Vec::with_capacity(1024);
@@ -325,7 +332,6 @@ where
     let mut served = 0u64;
     loop {
         // A whole head, or the reason there is none.
-        let mut partial_since: Option<tokio::time::Instant> = None;
         let plan = loop {
             if !buf.is_empty() {
                 match bal.plan(hop, buf, &mut out) {
@@ -334,28 +340,10 @@ where
                     Parsed::Partial if buf.len() >= MAX_BUF => return Ended::Fallback,
                     Parsed::Partial => {}
                 }
-                partial_since.get_or_insert_with(tokio::time::Instant::now);
-            }
-            // The first head is timed from the connection's start, a later
-            // one from its first byte; an idle keep-alive connection is
-            // the watchdog's.
-            let mut deadline = match (served, partial_since) {
-                (0, _) => Some(born + header_read_timeout),
-                (_, Some(t)) => Some(t + header_read_timeout),
-                _ => None,
-            };
-            if let Some(g) = grace {
-                deadline = Some(deadline.map_or(g, |d| d.min(g)));
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
             }
-            let timer = async move {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 r = io.read_buf(buf) => match r {
@@ -367,9 +355,21 @@ where
                     if served > 0 && buf.is_empty() {
                         return Ended::Closed;
                     }
-                    grace = Some(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+                    let g = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                    grace = Some(g);
+                    if g < timer.deadline() {
+                        timer.as_mut().reset(g);
+                    }
                 }
-                _ = timer => {
+                _ = timer.as_mut() => {
+                    let mut deadline = waiting_since + header_read_timeout;
+                    if let Some(g) = grace {
+                        deadline = deadline.min(g);
+                    }
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     // Empty lines before a request are no request.
                     if buf.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
                         let _ = io
@@ -389,6 +389,7 @@ where
         if !forward(bal, hop, &plan, &out, io, &mut scratch, closing).await {
             return Ended::Closed;
         }
+        waiting_since = tokio::time::Instant::now();
     }
 }
 
