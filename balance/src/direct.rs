@@ -629,9 +629,11 @@ enum HeadError {
 /// reads the response head, rewritten for the client into `scratch`.
 ///
 /// A kept-alive connection the backend had closed is no failure of the
-/// backend: a request that may be sent twice goes again on another
-/// connection when one closes before answering anything; one that may
-/// not is sent only on a connection the socket says is still open.
+/// backend (nginx does not count it either): one the socket already says
+/// is closed is not used, a request its socket refuses goes on another,
+/// and a request that may be sent twice goes again on another connection
+/// when one closes before answering anything (the backend closing it just
+/// as the request came). Only a fresh connection's failure counts.
 async fn exchange(
     bal: &Balancer,
     backend: &Backend,
@@ -644,11 +646,12 @@ async fn exchange(
             Some(c) => (c, true),
             None => (RawConn::connect(backend, bal.connect_timeout).await?, false),
         };
-        if reused && !plan.retryable && !c.still_open() {
+        if reused && !c.still_open() {
             continue;
         }
         if c.io.write_all(head).await.is_err() {
-            if reused && plan.retryable {
+            // Refused by the socket: nothing reached the backend.
+            if reused {
                 continue;
             }
             return Err(SendError::Broken);

@@ -31,6 +31,7 @@
 mod access;
 mod auth;
 mod balance;
+mod balance_wire;
 mod codecs;
 mod dashboard;
 mod deploy_files;
