@@ -185,6 +185,9 @@ impl Balancer {
         let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
+            // Over the limit (one read may bring more than it): hyper's
+            // path answers 431.
+            Ok(httparse::Status::Complete(n)) if n > MAX_BUF => return Parsed::Fallback,
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Fallback,
@@ -701,6 +704,11 @@ async fn read_head(
                     }
                     c.buf.advance(n);
                     continue;
+                }
+                if n > MAX_BUF {
+                    // The buffer may hold more than the limit after one
+                    // read; the head may not.
+                    return Err(HeadError::Broken);
                 }
                 let head = rewrite(&resp, request_was_head, scratch).ok_or(HeadError::Broken)?;
                 c.buf.advance(n);

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use crate::config::{BalanceConfig, DEFAULT_POOL};
 use crate::events::{Attempted, RequestFailed, Retried};
 use crate::fleet::FleetView;
 use crate::pool::{PickHints, Pool, PoolSettings};
-use crate::upstream::{checkin, Conn, Connector, SendError};
+use crate::upstream::{checkin, Conn, Connector, SendError, MAX_BUF};
 
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -262,12 +262,31 @@ impl Balancer {
         let authority = req.uri().authority().cloned();
         let host = request_host(host_header.as_ref(), authority.as_ref());
         let pool = self.route(host.as_deref(), req.uri().path()).clone();
+        // Two `Host` lines: the balancer would route by one and a backend
+        // might read the other (RFC 9112 §3.2: 400).
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return Ok(fail(&pool.name, StatusCode::BAD_REQUEST, "two_hosts"));
+        }
+        // hyper's limit on a head is approximate (its buffer may hold more
+        // than it was told); the documented one is exact.
+        let target_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len() + 8);
+        if head_len(req.method().as_str().len() + target_len, req.headers()) > MAX_BUF {
+            return Ok(fail(
+                &pool.name,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+            ));
+        }
         let now = Instant::now();
         pool.budget.deposit(now);
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let bodiless = body.is_end_stream();
+        // A body of unknown length came chunked: it goes on chunked, also
+        // on a GET or HEAD, where hyper's client would drop it otherwise.
+        let chunked = !bodiless && body.size_hint().exact().is_none();
         let retryable = bodiless
             && (matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
                 || parts.headers.contains_key(&IDEMPOTENCY_KEY));
@@ -298,6 +317,9 @@ impl Balancer {
             sticky: sticky.as_deref(),
         };
         let mut body = Some(body);
+        // Set when the client's own body fails (malformed, cut short): no
+        // fault of the backend's.
+        let client_failed = Arc::new(AtomicBool::new(false));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         loop {
             let backend = match pool.pick(hints, &tried, Instant::now()) {
@@ -312,7 +334,14 @@ impl Balancer {
                 empty()
             } else {
                 match body.take() {
-                    Some(b) => b.map_err(BoxError::from).boxed(),
+                    Some(b) => {
+                        let failed = client_failed.clone();
+                        b.map_err(move |e| {
+                            failed.store(true, Ordering::Relaxed);
+                            BoxError::from(e)
+                        })
+                        .boxed()
+                    }
                     None => empty(),
                 }
             };
@@ -331,12 +360,30 @@ impl Balancer {
                 up.headers_mut()
                     .insert(header::HOST, backend.host_header.clone());
             }
+            if chunked {
+                up.headers_mut().insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.first_byte_timeout, self.connector.send(&backend, up))
                     .await;
             let done = Instant::now();
             let elapsed = done.duration_since(started);
+            if client_failed.load(Ordering::Relaxed) {
+                // The client's body broke the exchange, not the backend.
+                return Ok(fail(&pool.name, StatusCode::BAD_REQUEST, "client_body"));
+            }
+            // A switch of protocols nobody asked for is a broken answer:
+            // the client must not be handed the backend's connection.
+            let result = match result {
+                Ok(Ok((r, _))) if r.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade => {
+                    Ok(Err(SendError::Broken))
+                }
+                other => other,
+            };
             let outcome = match &result {
                 Ok(Ok((r, _))) if r.status().is_server_error() => Outcome::ServerError,
                 Ok(Ok(_)) => Outcome::Success,
@@ -458,6 +505,11 @@ impl Balancer {
             }
         }
         let (mut parts, body) = resp.into_parts();
+        // Chunked wins over a length (RFC 9112 §6.3); the length must not
+        // go on to a client that gets the body framed anew.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
         if let Some(c) = set_cookie {
             parts.headers.append(header::SET_COOKIE, c);
@@ -484,6 +536,17 @@ impl Balancer {
 
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// About how many bytes a head of a start line of `start` bytes and
+/// `headers` takes on the wire (`name: value\r\n` each).
+pub(crate) fn head_len(start: usize, headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + start
+        + 14
 }
 
 /// The status and reason of a request no backend could be picked for.

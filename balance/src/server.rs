@@ -109,6 +109,9 @@ pub async fn serve(
         // buffer for a client that does not read (also the largest
         // request head accepted); hyper's default is about 400 KiB.
         .max_buf_size(limits.max_buf_size)
+        // A client that shuts its sending side after a request still gets
+        // the answer (its request is not cancelled by the read's end).
+        .half_close(true)
         .keep_alive(true);
     // Connections taken from the backlog after shutdown get one request.
     let mut last_call = http.clone();

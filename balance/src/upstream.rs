@@ -246,6 +246,17 @@ impl Connector {
             })
             .await;
             match result {
+                // hyper's bound on a head is approximate (its buffer may
+                // have grown past it on an earlier body): the documented
+                // one is exact.
+                Ok(resp)
+                    if crate::proxy::head_len(
+                        resp.status().as_str().len() + 16,
+                        resp.headers(),
+                    ) > MAX_BUF =>
+                {
+                    return Err(SendError::Broken)
+                }
                 Ok(resp) => return Ok((resp, c)),
                 Err(mut e) => match e.take_message() {
                     // Never started on a connection the backend had just
