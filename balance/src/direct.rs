@@ -559,12 +559,15 @@ impl RawConn {
         matches!(self.io.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Reads into the buffer, at most up to [`MAX_BUF`] held; 0 at the
-    /// end of the stream.
+    /// Reads into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf
-                .reserve(MAX_BUF.saturating_sub(self.buf.len()).max(4096));
+        if self.buf.is_empty() {
+            // Takes the whole allocation back (what was read is gone), so
+            // a large body is read in pieces of up to 64 KiB, not in what
+            // was left of the buffer after the last one.
+            self.buf.reserve(MAX_BUF);
+        } else if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(4096);
         }
         self.io.read_buf(&mut self.buf).await
     }
@@ -620,23 +623,19 @@ impl RawIdle {
     }
 }
 
-/// Why no response head came on a connection.
-enum HeadError {
-    /// The backend closed (or reset) before sending a byte.
-    ClosedEarly,
-    /// Anything else: a malformed head, a close mid-head, a head too big.
-    Broken,
-}
+/// No response head came on a connection: the backend closed it, sent a
+/// malformed head, one too big or a switch of protocols nobody asked for.
+struct HeadError;
 
 /// Sends the head on an idle connection to `backend` or a new one and
 /// reads the response head, rewritten for the client into `scratch`.
 ///
-/// A kept-alive connection the backend had closed is no failure of the
-/// backend (nginx does not count it either): one the socket already says
-/// is closed is not used, a request its socket refuses goes on another,
-/// and a request that may be sent twice goes again on another connection
-/// when one closes before answering anything (the backend closing it just
-/// as the request came). Only a fresh connection's failure counts.
+/// A kept-alive connection the backend had closed while it was idle is no
+/// failure of the backend: one the socket already says is closed is not
+/// used, and a request its socket refuses goes on another. One that closes
+/// after the request went out is the backend's failure, as on the hyper
+/// path (an idempotent request is then retried elsewhere): a backend that
+/// died under the requests it had must not be tried again for each.
 async fn exchange(
     bal: &Balancer,
     backend: &Backend,
@@ -661,7 +660,6 @@ async fn exchange(
         }
         match read_head(&mut c, plan.head, scratch).await {
             Ok(h) => return Ok((c, h)),
-            Err(HeadError::ClosedEarly) if reused && plan.retryable => continue,
             Err(_) => return Err(SendError::Broken),
         }
     }
@@ -690,7 +688,6 @@ async fn read_head(
     request_was_head: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<RespHead, HeadError> {
-    let mut any = false;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
@@ -700,7 +697,7 @@ async fn read_head(
                 if (100..200).contains(&code) {
                     if code == 101 {
                         // Never asked for.
-                        return Err(HeadError::Broken);
+                        return Err(HeadError);
                     }
                     c.buf.advance(n);
                     continue;
@@ -708,23 +705,22 @@ async fn read_head(
                 if n > MAX_BUF {
                     // The buffer may hold more than the limit after one
                     // read; the head may not.
-                    return Err(HeadError::Broken);
+                    return Err(HeadError);
                 }
-                let head = rewrite(&resp, request_was_head, scratch).ok_or(HeadError::Broken)?;
+                let head = rewrite(&resp, request_was_head, scratch).ok_or(HeadError)?;
                 c.buf.advance(n);
                 return Ok(head);
             }
             Ok(httparse::Status::Partial) => {
                 if c.buf.len() >= MAX_BUF {
-                    return Err(HeadError::Broken);
+                    return Err(HeadError);
                 }
             }
-            Err(_) => return Err(HeadError::Broken),
+            Err(_) => return Err(HeadError),
         }
         match c.fill().await {
-            Ok(0) | Err(_) if !any && c.buf.is_empty() => return Err(HeadError::ClosedEarly),
-            Ok(0) | Err(_) => return Err(HeadError::Broken),
-            Ok(_) => any = true,
+            Ok(0) | Err(_) => return Err(HeadError),
+            Ok(_) => {}
         }
     }
 }
@@ -926,6 +922,31 @@ impl Chunks {
     }
 }
 
+/// Writes `a` then `b`, in as few system calls as the socket allows.
+async fn write_both<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = if a.is_empty() {
+            io.write(b).await?
+        } else if b.is_empty() {
+            io.write(a).await?
+        } else {
+            io.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let k = n.min(a.len());
+        a = &a[k..];
+        b = &b[n - k..];
+    }
+    Ok(())
+}
+
 /// Writes the head in `scratch` and the body to the client as it comes
 /// from `c`; gives the connection back to the backend when its response
 /// ended cleanly. Whether the client connection may carry another
@@ -974,18 +995,25 @@ async fn relay<IO: AsyncWrite + Unpin>(
             let _ = client.write_all(scratch).await;
             return false;
         };
-        if resp.framing == Framing::Close && n > 0 {
-            // Re-framed for the client: the chunk's size line first.
-            scratch.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        let wrote = if resp.framing == Framing::Close {
+            if n > 0 {
+                // Re-framed for the client: the chunk's size line first.
+                scratch.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                scratch.extend_from_slice(&c.buf[..n]);
+                scratch.extend_from_slice(b"\r\n");
+            }
+            write_both(client, scratch, &[]).await
+        } else if scratch.len() + n <= 16 * 1024 {
+            // Small: one copy, one write.
             scratch.extend_from_slice(&c.buf[..n]);
-            scratch.extend_from_slice(b"\r\n");
+            write_both(client, scratch, &[]).await
         } else {
-            scratch.extend_from_slice(&c.buf[..n]);
-        }
-        c.buf.advance(n);
-        if !scratch.is_empty() && client.write_all(scratch).await.is_err() {
+            write_both(client, scratch, &c.buf[..n]).await
+        };
+        if wrote.is_err() {
             return false;
         }
+        c.buf.advance(n);
         scratch.clear();
         first = false;
         if ended {
