@@ -45,10 +45,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use weir_core::InternalEvent;
+
 use crate::backend::{Backend, Outcome};
 use crate::pool::{PickHints, Pool};
 use crate::proxy::{forwarded_for_this, host_of, join_values, Balancer, Hop};
-use crate::upstream::{SendError, MAX_BUF};
+use crate::upstream::{SendError, MAX_BUF, SETTLE};
 
 /// Headers a head may have; more and hyper takes the request (and
 /// answers 431 as before).
@@ -418,27 +420,52 @@ where
         sticky: None,
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
+    // The backend a stale connection failed on: tried again (on a fresh
+    // connection) when no other is left. One stale retry per request.
+    let mut stale: Option<Arc<Backend>> = None;
+    let mut stale_retried = false;
     loop {
+        let mut fresh = false;
         let backend = match pool.pick(hints, &tried, Instant::now()) {
             Ok(b) => b,
-            Err(e) => {
-                let (status, reason) = crate::proxy::no_backend(e, tried.is_empty());
-                return answer(client, &pool.name, status, reason, plan.head, closing()).await;
-            }
+            Err(e) => match stale.take() {
+                Some(b) => {
+                    fresh = true;
+                    b
+                }
+                None => {
+                    let (status, reason) = crate::proxy::no_backend(e, tried.is_empty());
+                    return answer(client, &pool.name, status, reason, plan.head, closing()).await;
+                }
+            },
         };
+        stale = None;
         let guard = backend.start();
         let started = Instant::now();
         let result = tokio::time::timeout(
             bal.first_byte_timeout,
-            exchange(bal, &backend, head, plan, scratch),
+            exchange(bal, &backend, head, plan, scratch, fresh),
         )
         .await;
         let done = Instant::now();
         let outcome = match &result {
+            Ok(Err(Failed::Stale)) if !stale_retried => {
+                // Not held against the backend; sent again at once.
+                stale_retried = true;
+                crate::events::Retried {
+                    pool: &pool.name,
+                    allowed: true,
+                }
+                .emit();
+                drop(guard);
+                stale = Some(backend.clone());
+                tried.push(backend);
+                continue;
+            }
             Ok(Ok((_, r))) if r.status >= 500 => Outcome::ServerError,
             Ok(Ok(_)) => Outcome::Success,
-            Ok(Err(SendError::Connect)) => Outcome::ConnectFailed,
-            Ok(Err(SendError::Broken)) => Outcome::Broken,
+            Ok(Err(Failed::Connect)) => Outcome::ConnectFailed,
+            Ok(Err(Failed::Broken | Failed::Stale)) => Outcome::Broken,
             Err(_) => Outcome::Timeout,
         };
         bal.attempted(pool, &backend, outcome, done.duration_since(started), done);
@@ -584,16 +611,24 @@ impl RawIdle {
         self.stack.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used connection idle less than `max_idle`.
-    fn take(&self, now: Instant, max_idle: Duration) -> Option<RawConn> {
+    /// The most recently used connection idle at least `min_idle`
+    /// ([`SETTLE`] or zero) and less than `max_idle`.
+    fn take(&self, now: Instant, min_idle: Duration, max_idle: Duration) -> Option<RawConn> {
         let mut s = self.lock();
-        let (c, since) = s.pop()?;
-        if now.saturating_duration_since(since) >= max_idle {
-            // Every connection below it has waited longer.
-            s.clear();
-            return None;
+        let mut i = s.len();
+        while i > 0 {
+            i -= 1;
+            let idle = now.saturating_duration_since(s[i].1);
+            if idle >= max_idle {
+                // Every connection below it has waited longer.
+                s.drain(..=i);
+                return None;
+            }
+            if idle >= min_idle {
+                return Some(s.remove(i).0);
+            }
         }
-        Some(c)
+        None
     }
 
     fn put(&self, c: RawConn, now: Instant) {
@@ -623,30 +658,68 @@ impl RawIdle {
     }
 }
 
-/// No response head came on a connection: the backend closed it, sent a
-/// malformed head, one too big or a switch of protocols nobody asked for.
-struct HeadError;
+/// Why no response head came on a connection.
+enum HeadError {
+    /// The backend closed it (or reset it) before a byte of answer.
+    Closed,
+    /// A malformed head, one too big, a close mid-head, or a switch of
+    /// protocols nobody asked for.
+    Broken,
+}
+
+/// How an attempt on a backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// No connection could be opened.
+    Connect,
+    /// The connection failed before a whole response head.
+    Broken,
+    /// A kept-alive connection closed without a byte of answer to an
+    /// idempotent request: perhaps the backend's keep-alive ending as the
+    /// request came, perhaps the backend dying. Not held against it.
+    Stale,
+}
 
 /// Sends the head on an idle connection to `backend` or a new one and
 /// reads the response head, rewritten for the client into `scratch`.
 ///
 /// A kept-alive connection the backend had closed while it was idle is no
 /// failure of the backend: one the socket already says is closed is not
-/// used, and a request its socket refuses goes on another. One that closes
-/// after the request went out is the backend's failure, as on the hyper
-/// path (an idempotent request is then retried elsewhere): a backend that
-/// died under the requests it had must not be tried again for each.
+/// used, and a request its socket refuses goes on another. A request that
+/// may not be sent twice only takes a connection that has settled
+/// ([`SETTLE`]). One that closes without a byte of answer after an
+/// idempotent request went out is [`Failed::Stale`]: the caller sends the
+/// request again elsewhere (a backend that died under its requests is not
+/// tried again for each of them) or, with nowhere else to go, on a fresh
+/// connection to the same backend (one that closes every connection after
+/// answering costs its clients nothing).
 async fn exchange(
     bal: &Balancer,
     backend: &Backend,
     head: &[u8],
     plan: &Plan,
     scratch: &mut Vec<u8>,
-) -> Result<(RawConn, RespHead), SendError> {
+    fresh: bool,
+) -> Result<(RawConn, RespHead), Failed> {
+    let min_idle = if plan.retryable {
+        Duration::ZERO
+    } else {
+        SETTLE
+    };
     loop {
-        let (mut c, reused) = match backend.raw.take(Instant::now(), bal.idle_timeout) {
+        let idle = if fresh {
+            None
+        } else {
+            backend.raw.take(Instant::now(), min_idle, bal.idle_timeout)
+        };
+        let (mut c, reused) = match idle {
             Some(c) => (c, true),
-            None => (RawConn::connect(backend, bal.connect_timeout).await?, false),
+            None => (
+                RawConn::connect(backend, bal.connect_timeout)
+                    .await
+                    .map_err(|_| Failed::Connect)?,
+                false,
+            ),
         };
         if reused && !c.still_open() {
             continue;
@@ -656,11 +729,12 @@ async fn exchange(
             if reused {
                 continue;
             }
-            return Err(SendError::Broken);
+            return Err(Failed::Broken);
         }
         match read_head(&mut c, plan.head, scratch).await {
             Ok(h) => return Ok((c, h)),
-            Err(_) => return Err(SendError::Broken),
+            Err(HeadError::Closed) if reused && plan.retryable => return Err(Failed::Stale),
+            Err(_) => return Err(Failed::Broken),
         }
     }
 }
@@ -688,6 +762,7 @@ async fn read_head(
     request_was_head: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<RespHead, HeadError> {
+    let mut interim = false;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
@@ -697,29 +772,31 @@ async fn read_head(
                 if (100..200).contains(&code) {
                     if code == 101 {
                         // Never asked for.
-                        return Err(HeadError);
+                        return Err(HeadError::Broken);
                     }
                     c.buf.advance(n);
+                    interim = true;
                     continue;
                 }
                 if n > MAX_BUF {
                     // The buffer may hold more than the limit after one
                     // read; the head may not.
-                    return Err(HeadError);
+                    return Err(HeadError::Broken);
                 }
-                let head = rewrite(&resp, request_was_head, scratch).ok_or(HeadError)?;
+                let head = rewrite(&resp, request_was_head, scratch).ok_or(HeadError::Broken)?;
                 c.buf.advance(n);
                 return Ok(head);
             }
             Ok(httparse::Status::Partial) => {
                 if c.buf.len() >= MAX_BUF {
-                    return Err(HeadError);
+                    return Err(HeadError::Broken);
                 }
             }
-            Err(_) => return Err(HeadError),
+            Err(_) => return Err(HeadError::Broken),
         }
         match c.fill().await {
-            Ok(0) | Err(_) => return Err(HeadError),
+            Ok(0) | Err(_) if c.buf.is_empty() && !interim => return Err(HeadError::Closed),
+            Ok(0) | Err(_) => return Err(HeadError::Broken),
             Ok(_) => {}
         }
     }

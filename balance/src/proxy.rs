@@ -367,9 +367,11 @@ impl Balancer {
                 );
             }
             let started = Instant::now();
-            let result =
-                tokio::time::timeout(self.first_byte_timeout, self.connector.send(&backend, up))
-                    .await;
+            let result = tokio::time::timeout(
+                self.first_byte_timeout,
+                self.connector.send(&backend, up, retryable),
+            )
+            .await;
             let done = Instant::now();
             let elapsed = done.duration_since(started);
             if client_failed.load(Ordering::Relaxed) {

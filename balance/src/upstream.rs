@@ -46,6 +46,15 @@ use crate::proxy::Body;
 /// Idle connections kept per backend at most.
 pub const MAX_IDLE: usize = 1024;
 
+/// A request that may not be sent twice never goes on a connection whose
+/// last response ended less than this ago: a backend that closes a
+/// connection right after answering on it (without saying so) has done so
+/// well within this time, and the balancer then sees it closed, where a
+/// request sent on it at once would meet the close and could be neither
+/// answered nor sent again. Requests that may be retried take the newest
+/// connection whatever its age.
+pub const SETTLE: Duration = Duration::from_millis(10);
+
 /// The most a connection buffers, either way: a backend connection's read
 /// buffer, and (in [`crate::server`]) what waits for a client that does
 /// not read. hyper's default is about 400 KiB.
@@ -122,18 +131,25 @@ impl IdleConns {
     }
 
     /// The most recently used connection that is open and ready for a
-    /// request, if one has been idle less than `max_idle`; closed ones met
-    /// on the way are dropped.
-    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Conn> {
+    /// request, idle at least `min_idle` ([`SETTLE`] or zero) and less than
+    /// `max_idle`; closed ones met on the way are dropped.
+    pub fn take(&self, now: Instant, min_idle: Duration, max_idle: Duration) -> Option<Conn> {
         let mut s = self.lock();
-        while let Some((c, since)) = s.pop() {
-            if now.saturating_duration_since(since) >= max_idle {
+        let mut i = s.len();
+        while i > 0 {
+            i -= 1;
+            let idle = now.saturating_duration_since(s[i].1);
+            if idle >= max_idle {
                 // Every connection below it has waited longer.
-                s.clear();
+                s.drain(..=i);
                 return None;
             }
-            if c.is_ready() {
-                return Some(c);
+            if !s[i].0.is_ready() {
+                s.remove(i);
+                continue;
+            }
+            if idle >= min_idle {
+                return Some(s.remove(i).0);
             }
         }
         None
@@ -230,9 +246,12 @@ impl Connector {
         &self,
         backend: &Backend,
         mut req: Request<Body>,
+        retryable: bool,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
+        let min_idle = if retryable { Duration::ZERO } else { SETTLE };
         loop {
-            let (mut c, reused) = match backend.conns.take(Instant::now(), self.max_idle) {
+            let (mut c, reused) = match backend.conns.take(Instant::now(), min_idle, self.max_idle)
+            {
                 Some(c) => (c, true),
                 None => (self.connect(&backend.connect_uri).await?, false),
             };
@@ -389,7 +408,7 @@ mod tests {
         let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         for path in ["/x", "/x?size=300000", "/x", "/x?size=70000", "/x"] {
-            let (resp, mut conn) = c.send(&backend, get(path)).await.expect("sent");
+            let (resp, mut conn) = c.send(&backend, get(path), true).await.expect("sent");
             let got = body(resp, &mut conn).await;
             if path == "/x" {
                 assert_eq!(&got[..], b"hello");
@@ -409,7 +428,10 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection reused");
 
         // Two requests at once need two connections; both are kept.
-        let (a, b) = tokio::join!(c.send(&backend, get("/x")), c.send(&backend, get("/x")));
+        let (a, b) = tokio::join!(
+            c.send(&backend, get("/x"), true),
+            c.send(&backend, get("/x"), true)
+        );
         let (ra, mut ta) = a.expect("a");
         let (rb, mut tb) = b.expect("b");
         body(ra, &mut ta).await;
@@ -427,9 +449,12 @@ mod tests {
 
         // Connections idle longer than the limit are closed, not used.
         let later = Instant::now() + Duration::from_secs(61);
-        assert!(backend.conns.take(later, Duration::from_secs(60)).is_none());
+        assert!(backend
+            .conns
+            .take(later, Duration::ZERO, Duration::from_secs(60))
+            .is_none());
         assert!(backend.conns.is_empty(), "the older one went too");
-        c.send(&backend, get("/x"))
+        c.send(&backend, get("/x"), true)
             .await
             .expect("sent on a new connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -472,7 +497,7 @@ mod tests {
         let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..3 {
-            let (resp, mut conn) = c.send(&backend, get("/x")).await.expect("sent");
+            let (resp, mut conn) = c.send(&backend, get("/x"), true).await.expect("sent");
             assert_eq!(&body(resp, &mut conn).await[..], b"once");
             checkin(&backend, conn);
             assert_eq!(backend.conns.len(), 1, "kept idle");
@@ -494,7 +519,7 @@ mod tests {
         let backend = Backend::new("p", &addr, Source::Static, 1);
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(
-            c.send(&backend, get("/x")).await.err(),
+            c.send(&backend, get("/x"), true).await.err(),
             Some(SendError::Connect)
         );
     }
