@@ -197,7 +197,10 @@ impl Balancer {
         let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
             return Parsed::Fallback;
         };
-        if !target.starts_with('/') || !target.bytes().all(|b| TARGET[b as usize]) {
+        if method == "CONNECT"
+            || !target.starts_with('/')
+            || !target.bytes().all(|b| TARGET[b as usize])
+        {
             return Parsed::Fallback;
         }
         let mut kinds = [Kind::Other; MAX_HEADERS];
@@ -564,7 +567,14 @@ struct RespHead {
 pub struct RawConn {
     io: TcpStream,
     buf: BytesMut,
+    /// The buffer grew past [`HEAD_BUF`] for a body: given back when the
+    /// connection goes idle, so idle connections hold little.
+    big: bool,
 }
+
+/// What a connection reads a response head into; bodies get up to
+/// [`MAX_BUF`] at a time.
+const HEAD_BUF: usize = 16 * 1024;
 
 impl RawConn {
     async fn connect(backend: &Backend, timeout: Duration) -> Result<RawConn, SendError> {
@@ -575,7 +585,8 @@ impl RawConn {
         let _ = io.set_nodelay(true);
         Ok(RawConn {
             io,
-            buf: BytesMut::with_capacity(MAX_BUF),
+            buf: BytesMut::with_capacity(HEAD_BUF),
+            big: false,
         })
     }
 
@@ -586,15 +597,20 @@ impl RawConn {
         matches!(self.io.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Reads into the buffer; 0 at the end of the stream.
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    /// Reads into the buffer, with room for about `want` bytes (at most
+    /// [`MAX_BUF`]); 0 at the end of the stream.
+    async fn fill(&mut self, want: usize) -> std::io::Result<usize> {
+        let want = want.clamp(4096, MAX_BUF);
         if self.buf.is_empty() {
             // Takes the whole allocation back (what was read is gone), so
             // a large body is read in pieces of up to 64 KiB, not in what
             // was left of the buffer after the last one.
-            self.buf.reserve(MAX_BUF);
+            self.buf.reserve(want);
         } else if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(4096);
+        }
+        if self.buf.capacity() > HEAD_BUF {
+            self.big = true;
         }
         self.io.read_buf(&mut self.buf).await
     }
@@ -631,7 +647,11 @@ impl RawIdle {
         None
     }
 
-    fn put(&self, c: RawConn, now: Instant) {
+    fn put(&self, mut c: RawConn, now: Instant) {
+        if c.big {
+            c.buf = BytesMut::with_capacity(HEAD_BUF);
+            c.big = false;
+        }
         let mut s = self.lock();
         if s.len() >= crate::upstream::MAX_IDLE {
             s.remove(0);
@@ -794,7 +814,7 @@ async fn read_head(
             }
             Err(_) => return Err(HeadError::Broken),
         }
-        match c.fill().await {
+        match c.fill(HEAD_BUF).await {
             Ok(0) | Err(_) if c.buf.is_empty() && !interim => return Err(HeadError::Closed),
             Ok(0) | Err(_) => return Err(HeadError::Broken),
             Ok(_) => {}
@@ -811,7 +831,7 @@ fn rewrite(
     request_was_head: bool,
     out: &mut Vec<u8>,
 ) -> Option<RespHead> {
-    let code = resp.code?;
+    let code = resp.code.filter(|c| (200..600).contains(c))?;
     let mut length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
     let mut close = resp.version != Some(1);
@@ -869,12 +889,20 @@ fn rewrite(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // The framing headers are the balancer's to write, from `framing`:
+    // never dropped because `Connection` named them, never doubled.
+    let mut length_kept = false;
     for h in resp.headers.iter() {
-        if hop_by_hop(h.name)
+        if h.name.eq_ignore_ascii_case("content-length") {
+            // Kept as sent only where it frames nothing (HEAD, 304).
+            if framing != Framing::Empty || length_kept {
+                continue;
+            }
+            length_kept = true;
+        } else if hop_by_hop(h.name)
             || named[..n_named]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
-            || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
         {
             continue;
         }
@@ -885,12 +913,23 @@ fn rewrite(
     }
     match framing {
         Framing::Chunked => {
+            // The codings as a clean list, `chunked` last.
             out.extend_from_slice(b"transfer-encoding: ");
-            out.extend_from_slice(te.unwrap_or(b"chunked"));
+            for (i, t) in tokens(te.unwrap_or(b"chunked")).enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(t);
+            }
             out.extend_from_slice(b"\r\n");
         }
         Framing::Close => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::Length(_) => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Empty => {}
     }
     Some(RespHead {
         status: code,
@@ -927,6 +966,8 @@ pub enum Chunks {
     TrailerStart,
     /// In a trailer line.
     Trailer,
+    /// The `\n` of a trailer line.
+    TrailerLf,
     /// The `\n` of the final empty line.
     EndLf,
     /// The message is complete.
@@ -985,8 +1026,13 @@ impl Chunks {
                     _ => Chunks::Trailer,
                 },
                 Chunks::Trailer => match b {
-                    b'\n' => Chunks::TrailerStart,
+                    b'\r' => Chunks::TrailerLf,
+                    b'\n' => return None,
                     _ => Chunks::Trailer,
+                },
+                Chunks::TrailerLf => match b {
+                    b'\n' => Chunks::TrailerStart,
+                    _ => return None,
                 },
                 Chunks::EndLf => match b {
                     b'\n' => Chunks::Done,
@@ -1099,7 +1145,11 @@ async fn relay<IO: AsyncWrite + Unpin>(
             }
             return true;
         }
-        match tokio::time::timeout(bal.idle_timeout, c.fill()).await {
+        let want = match resp.framing {
+            Framing::Length(_) => left as usize,
+            _ => MAX_BUF,
+        };
+        match tokio::time::timeout(bal.idle_timeout, c.fill(want)).await {
             Ok(Ok(0)) if resp.framing == Framing::Close => {
                 return client.write_all(b"0\r\n\r\n").await.is_ok();
             }
@@ -1150,8 +1200,67 @@ mod tests {
             b"1234567890abcdef0\r\n",
             b"0\r\n\n",
             b"0\r\nx\r\n\rX",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\nX: 1\rY",
         ] {
             assert_eq!(follow(bad).1, None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The client's head for a backend's `raw` head.
+    fn client_head(raw: &[u8], request_was_head: bool) -> Option<(String, RespHead)> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut hs);
+        resp.parse(raw).expect("parses");
+        let mut out = Vec::new();
+        let h = rewrite(&resp, request_was_head, &mut out)?;
+        Some((String::from_utf8(out).expect("ascii"), h))
+    }
+
+    #[test]
+    fn the_framing_headers_are_the_balancers_to_write() {
+        // `Connection` naming the length cannot take the framing away.
+        let (head, h) = client_head(
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .expect("passed on");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(head, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n");
+        // A length beside chunked goes; the codings come as a clean list.
+        let (head, h) = client_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip ,, chunked\r\n\r\n",
+            false,
+        )
+        .expect("passed on");
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n"
+        );
+        // HEAD: the length says what a GET would get, and frames nothing.
+        let (head, h) =
+            client_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).expect("passed on");
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n");
+        // Neither length nor chunked: sent on chunked, the backend's
+        // connection not reused.
+        let (head, h) = client_head(b"HTTP/1.1 200 OK\r\n\r\n", false).expect("passed on");
+        assert_eq!((h.framing, h.reusable), (Framing::Close, false));
+        assert!(head.ends_with("transfer-encoding: chunked\r\n"));
+        // What cannot be passed on.
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 099 Odd\r\n\r\n",
+            b"HTTP/1.1 600 Odd\r\n\r\n",
+        ] {
+            assert!(
+                client_head(bad, false).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

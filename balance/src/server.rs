@@ -166,7 +166,11 @@ pub async fn serve(
             let mut conn = Box::pin(conn);
             'serve: {
                 if let Some(stop) = stop {
+                    // The connection first: a request the direct path
+                    // handed over is read before a stop can close the
+                    // connection as one without a request.
                     tokio::select! {
+                        biased;
                         _ = conn.as_mut() => break 'serve,
                         _ = expired.as_mut() => return,
                         _ = stop.cancelled() => {}

@@ -483,6 +483,11 @@ async fn sigterm_drains_and_a_new_process_takes_the_port_with_no_refused_connect
     );
     let addr = free_addr();
     let mut old = Balance::start_on(addr, &[], Some(&cfg)).await;
+    // A connection to the old process that sends its first request only
+    // after the SIGTERM, within the grace a fresh connection gets, and one
+    // the direct path hands to hyper (it has a body): it must be answered,
+    // not closed as a connection without a request.
+    let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let url = format!("http://{addr}/");
     // Load: new connections all the time (the case a takeover can refuse).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -527,6 +532,20 @@ async fn sigterm_drains_and_a_new_process_takes_the_port_with_no_refused_connect
     let new = Balance::start_with(Cpus::One, addr, &[], Some(&cfg)).await;
     let t = Instant::now();
     old.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.write_all(b"POST /late HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .expect("late request");
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut answer))
+        .await
+        .expect("answered within the drain")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "a request sent in the grace after SIGTERM: {:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     let status = old
         .proc
         .wait(Duration::from_secs(10))
