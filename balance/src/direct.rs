@@ -36,7 +36,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -50,7 +50,7 @@ use weir_core::InternalEvent;
 use crate::backend::{Backend, Outcome};
 use crate::pool::{PickHints, Pool};
 use crate::proxy::{forwarded_for_this, host_of, join_values, Balancer, Hop};
-use crate::upstream::{SendError, MAX_BUF, SETTLE};
+use crate::upstream::{Idle, Pooled, MAX_BUF, SETTLE};
 
 /// Headers a head may have; more and hyper takes the request (and
 /// answers 431 as before).
@@ -577,11 +577,11 @@ pub struct RawConn {
 const HEAD_BUF: usize = 16 * 1024;
 
 impl RawConn {
-    async fn connect(backend: &Backend, timeout: Duration) -> Result<RawConn, SendError> {
+    async fn connect(backend: &Backend, timeout: Duration) -> Result<RawConn, Failed> {
         let io = tokio::time::timeout(timeout, TcpStream::connect(backend.authority.as_str()))
             .await
-            .map_err(|_| SendError::Connect)?
-            .map_err(|_| SendError::Connect)?;
+            .map_err(|_| Failed::Connect)?
+            .map_err(|_| Failed::Connect)?;
         let _ = io.set_nodelay(true);
         Ok(RawConn {
             io,
@@ -616,65 +616,16 @@ impl RawConn {
     }
 }
 
-/// A backend's idle plain connections, the most recently used last.
-#[derive(Debug, Default)]
-pub struct RawIdle {
-    stack: Mutex<Vec<(RawConn, Instant)>>,
-}
+/// A backend's idle plain connections.
+pub type RawIdle = Idle<RawConn>;
 
-impl RawIdle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(RawConn, Instant)>> {
-        self.stack.lock().unwrap_or_else(|p| p.into_inner())
+impl Pooled for RawConn {
+    fn ready(&self) -> bool {
+        self.still_open()
     }
 
-    /// The most recently used connection idle at least `min_idle`
-    /// ([`SETTLE`] or zero) and less than `max_idle`.
-    fn take(&self, now: Instant, min_idle: Duration, max_idle: Duration) -> Option<RawConn> {
-        let mut s = self.lock();
-        let mut i = s.len();
-        while i > 0 {
-            i -= 1;
-            let idle = now.saturating_duration_since(s[i].1);
-            if idle >= max_idle {
-                // Every connection below it has waited longer.
-                s.drain(..=i);
-                return None;
-            }
-            if idle >= min_idle {
-                return Some(s.remove(i).0);
-            }
-        }
-        None
-    }
-
-    fn put(&self, mut c: RawConn, now: Instant) {
-        if c.big {
-            c.buf = BytesMut::with_capacity(HEAD_BUF);
-            c.big = false;
-        }
-        let mut s = self.lock();
-        if s.len() >= crate::upstream::MAX_IDLE {
-            s.remove(0);
-        }
-        s.push((c, now));
-    }
-
-    /// Drops the connections closed by the backend or idle for
-    /// `max_idle`; how many are left.
-    pub fn reap(&self, now: Instant, max_idle: Duration) -> usize {
-        let mut s = self.lock();
-        s.retain(|(c, since)| now.saturating_duration_since(*since) < max_idle && c.still_open());
-        s.len()
-    }
-
-    /// Idle connections now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn alive(&mut self) -> bool {
+        self.still_open()
     }
 }
 
@@ -734,16 +685,8 @@ async fn exchange(
         };
         let (mut c, reused) = match idle {
             Some(c) => (c, true),
-            None => (
-                RawConn::connect(backend, bal.connect_timeout)
-                    .await
-                    .map_err(|_| Failed::Connect)?,
-                false,
-            ),
+            None => (RawConn::connect(backend, bal.connect_timeout).await?, false),
         };
-        if reused && !c.still_open() {
-            continue;
-        }
         if c.io.write_all(head).await.is_err() {
             // Refused by the socket: nothing reached the backend.
             if reused {
@@ -832,6 +775,7 @@ fn rewrite(
     out: &mut Vec<u8>,
 ) -> Option<RespHead> {
     let code = resp.code.filter(|c| (200..600).contains(c))?;
+    let status = StatusCode::from_u16(code).ok()?;
     let mut length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
     let mut close = resp.version != Some(1);
@@ -885,7 +829,7 @@ fn rewrite(
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa3(code).as_slice());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -936,15 +880,6 @@ fn rewrite(
         framing,
         reusable: !close && framing != Framing::Close,
     })
-}
-
-fn itoa3(code: u16) -> [u8; 3] {
-    let c = code.min(999);
-    [
-        b'0' + (c / 100) as u8,
-        b'0' + (c / 10 % 10) as u8,
-        b'0' + (c % 10) as u8,
-    ]
 }
 
 /// Where a chunked body is: the framing is followed, not decoded, so the
@@ -1141,6 +1076,11 @@ async fn relay<IO: AsyncWrite + Unpin>(
         first = false;
         if ended {
             if resp.reusable && c.buf.is_empty() {
+                if c.big {
+                    // Idle connections hold little.
+                    c.buf = BytesMut::with_capacity(HEAD_BUF);
+                    c.big = false;
+                }
                 backend.raw.put(c, Instant::now());
             }
             return true;

@@ -119,21 +119,53 @@ impl Conn {
     }
 }
 
-/// A backend's idle connections, the most recently used last.
-#[derive(Debug, Default)]
-pub struct IdleConns {
-    stack: Mutex<Vec<(Conn, Instant)>>,
+/// A connection that can wait idle for its next request.
+pub trait Pooled {
+    /// Fit for a request now, as far as is known without waiting (the
+    /// backend has not closed it).
+    fn ready(&self) -> bool;
+    /// [`Pooled::ready`] after taking in what happened since (for the
+    /// reaper).
+    fn alive(&mut self) -> bool;
 }
 
-impl IdleConns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
+impl Pooled for Conn {
+    fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.drive_now() && self.is_ready()
+    }
+}
+
+/// A backend's idle connections, the most recently used last: hyper's
+/// ([`IdleConns`]) and the direct path's ([`crate::direct::RawIdle`]).
+#[derive(Debug)]
+pub struct Idle<C> {
+    stack: Mutex<Vec<(C, Instant)>>,
+}
+
+/// A backend's idle hyper connections.
+pub type IdleConns = Idle<Conn>;
+
+impl<C> Default for Idle<C> {
+    fn default() -> Self {
+        Idle {
+            stack: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<C: Pooled> Idle<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(C, Instant)>> {
         self.stack.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used connection that is open and ready for a
-    /// request, idle at least `min_idle` ([`SETTLE`] or zero) and less than
+    /// The most recently used connection that is ready for a request,
+    /// idle at least `min_idle` ([`SETTLE`] or zero) and less than
     /// `max_idle`; closed ones met on the way are dropped.
-    pub fn take(&self, now: Instant, min_idle: Duration, max_idle: Duration) -> Option<Conn> {
+    pub fn take(&self, now: Instant, min_idle: Duration, max_idle: Duration) -> Option<C> {
         let mut s = self.lock();
         let mut i = s.len();
         while i > 0 {
@@ -144,7 +176,7 @@ impl IdleConns {
                 s.drain(..=i);
                 return None;
             }
-            if !s[i].0.is_ready() {
+            if !s[i].0.ready() {
                 s.remove(i);
                 continue;
             }
@@ -156,7 +188,7 @@ impl IdleConns {
     }
 
     /// Puts a connection ready for its next request back.
-    pub fn put(&self, c: Conn, now: Instant) {
+    pub fn put(&self, c: C, now: Instant) {
         let mut s = self.lock();
         if s.len() >= MAX_IDLE {
             s.remove(0);
@@ -168,9 +200,7 @@ impl IdleConns {
     /// `max_idle`; returns how many are left.
     pub fn reap(&self, now: Instant, max_idle: Duration) -> usize {
         let mut s = self.lock();
-        s.retain_mut(|(c, since)| {
-            now.saturating_duration_since(*since) < max_idle && c.drive_now() && c.is_ready()
-        });
+        s.retain_mut(|(c, since)| now.saturating_duration_since(*since) < max_idle && c.alive());
         s.len()
     }
 
