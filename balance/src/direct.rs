@@ -45,12 +45,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use weir_core::InternalEvent;
-
 use crate::backend::{Backend, Outcome};
 use crate::pool::{PickHints, Pool};
-use crate::proxy::{forwarded_for_this, host_of, join_values, Balancer, Hop};
-use crate::upstream::{Idle, Pooled, MAX_BUF, SETTLE};
+use crate::proxy::{forwarded_for_this, host_of, join_values, Balancer, Hop, StaleRetry};
+use crate::upstream::{Idle, Pooled, SendError, MAX_BUF, SETTLE};
 
 /// Headers a head may have; more and hyper takes the request (and
 /// answers 431 as before).
@@ -423,26 +421,19 @@ where
         sticky: None,
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
-    // The backend a stale connection failed on: tried again (on a fresh
-    // connection) when no other is left. One stale retry per request.
-    let mut stale: Option<Arc<Backend>> = None;
-    let mut stale_retried = false;
+    let mut stale = StaleRetry::default();
     loop {
-        let mut fresh = false;
-        let backend = match pool.pick(hints, &tried, Instant::now()) {
-            Ok(b) => b,
-            Err(e) => match stale.take() {
-                Some(b) => {
-                    fresh = true;
-                    b
-                }
+        let (backend, fresh) = match pool.pick(hints, &tried, Instant::now()) {
+            Ok(b) => (b, false),
+            Err(e) => match stale.backend.take() {
+                Some(b) => (b, true),
                 None => {
                     let (status, reason) = crate::proxy::no_backend(e, tried.is_empty());
                     return answer(client, &pool.name, status, reason, plan.head, closing()).await;
                 }
             },
         };
-        stale = None;
+        stale.backend = None;
         let guard = backend.start();
         let started = Instant::now();
         let result = tokio::time::timeout(
@@ -452,23 +443,15 @@ where
         .await;
         let done = Instant::now();
         let outcome = match &result {
-            Ok(Err(Failed::Stale)) if !stale_retried => {
-                // Not held against the backend; sent again at once.
-                stale_retried = true;
-                crate::events::Retried {
-                    pool: &pool.name,
-                    allowed: true,
-                }
-                .emit();
+            Ok(Err(SendError::Stale)) if stale.absorb(&pool.name, &backend) => {
                 drop(guard);
-                stale = Some(backend.clone());
                 tried.push(backend);
                 continue;
             }
             Ok(Ok((_, r))) if r.status >= 500 => Outcome::ServerError,
             Ok(Ok(_)) => Outcome::Success,
-            Ok(Err(Failed::Connect)) => Outcome::ConnectFailed,
-            Ok(Err(Failed::Broken | Failed::Stale)) => Outcome::Broken,
+            Ok(Err(SendError::Connect)) => Outcome::ConnectFailed,
+            Ok(Err(SendError::Broken | SendError::Stale)) => Outcome::Broken,
             Err(_) => Outcome::Timeout,
         };
         bal.attempted(pool, &backend, outcome, done.duration_since(started), done);
@@ -577,11 +560,11 @@ pub struct RawConn {
 const HEAD_BUF: usize = 16 * 1024;
 
 impl RawConn {
-    async fn connect(backend: &Backend, timeout: Duration) -> Result<RawConn, Failed> {
+    async fn connect(backend: &Backend, timeout: Duration) -> Result<RawConn, SendError> {
         let io = tokio::time::timeout(timeout, TcpStream::connect(backend.authority.as_str()))
             .await
-            .map_err(|_| Failed::Connect)?
-            .map_err(|_| Failed::Connect)?;
+            .map_err(|_| SendError::Connect)?
+            .map_err(|_| SendError::Connect)?;
         let _ = io.set_nodelay(true);
         Ok(RawConn {
             io,
@@ -638,19 +621,6 @@ enum HeadError {
     Broken,
 }
 
-/// How an attempt on a backend failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failed {
-    /// No connection could be opened.
-    Connect,
-    /// The connection failed before a whole response head.
-    Broken,
-    /// A kept-alive connection closed without a byte of answer to an
-    /// idempotent request: perhaps the backend's keep-alive ending as the
-    /// request came, perhaps the backend dying. Not held against it.
-    Stale,
-}
-
 /// Sends the head on an idle connection to `backend` or a new one and
 /// reads the response head, rewritten for the client into `scratch`.
 ///
@@ -659,7 +629,7 @@ enum Failed {
 /// used, and a request its socket refuses goes on another. A request that
 /// may not be sent twice only takes a connection that has settled
 /// ([`SETTLE`]). One that closes without a byte of answer after an
-/// idempotent request went out is [`Failed::Stale`]: the caller sends the
+/// idempotent request went out is [`SendError::Stale`]: the caller sends the
 /// request again elsewhere (a backend that died under its requests is not
 /// tried again for each of them) or, with nowhere else to go, on a fresh
 /// connection to the same backend (one that closes every connection after
@@ -671,7 +641,7 @@ async fn exchange(
     plan: &Plan,
     scratch: &mut Vec<u8>,
     fresh: bool,
-) -> Result<(RawConn, RespHead), Failed> {
+) -> Result<(RawConn, RespHead), SendError> {
     let min_idle = if plan.retryable {
         Duration::ZERO
     } else {
@@ -692,12 +662,12 @@ async fn exchange(
             if reused {
                 continue;
             }
-            return Err(Failed::Broken);
+            return Err(SendError::Broken);
         }
         match read_head(&mut c, plan.head, scratch).await {
             Ok(h) => return Ok((c, h)),
-            Err(HeadError::Closed) if reused && plan.retryable => return Err(Failed::Stale),
-            Err(_) => return Err(Failed::Broken),
+            Err(HeadError::Closed) if reused && plan.retryable => return Err(SendError::Stale),
+            Err(_) => return Err(SendError::Broken),
         }
     }
 }

@@ -321,14 +321,19 @@ impl Balancer {
         // fault of the backend's.
         let client_failed = Arc::new(AtomicBool::new(false));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
+        let mut stale = StaleRetry::default();
         loop {
-            let backend = match pool.pick(hints, &tried, Instant::now()) {
-                Ok(b) => b,
-                Err(e) => {
-                    let (status, reason) = no_backend(e, tried.is_empty());
-                    return Ok(fail(&pool.name, status, reason));
-                }
+            let (backend, fresh) = match pool.pick(hints, &tried, Instant::now()) {
+                Ok(b) => (b, false),
+                Err(e) => match stale.backend.take() {
+                    Some(b) => (b, true),
+                    None => {
+                        let (status, reason) = no_backend(e, tried.is_empty());
+                        return Ok(fail(&pool.name, status, reason));
+                    }
+                },
             };
+            stale.backend = None;
             let guard = backend.start();
             let req_body: Body = if bodiless {
                 empty()
@@ -347,7 +352,7 @@ impl Balancer {
             };
             // The headers are needed again only if this attempt may be
             // retried.
-            let last = !retryable || tried.len() >= self.retries as usize;
+            let last = !retryable || (tried.len() >= self.retries as usize && stale.used);
             let mut up = Request::new(req_body);
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = target.clone();
@@ -369,7 +374,7 @@ impl Balancer {
             let started = Instant::now();
             let result = tokio::time::timeout(
                 self.first_byte_timeout,
-                self.connector.send(&backend, up, retryable),
+                self.connector.send(&backend, up, retryable, fresh),
             )
             .await;
             let done = Instant::now();
@@ -387,10 +392,15 @@ impl Balancer {
                 other => other,
             };
             let outcome = match &result {
+                Ok(Err(SendError::Stale)) if stale.absorb(&pool.name, &backend) => {
+                    drop(guard);
+                    tried.push(backend);
+                    continue;
+                }
                 Ok(Ok((r, _))) if r.status().is_server_error() => Outcome::ServerError,
                 Ok(Ok(_)) => Outcome::Success,
                 Ok(Err(SendError::Connect)) => Outcome::ConnectFailed,
-                Ok(Err(SendError::Broken)) => Outcome::Broken,
+                Ok(Err(SendError::Broken | SendError::Stale)) => Outcome::Broken,
                 Err(_) => Outcome::Timeout,
             };
             self.attempted(&pool, &backend, outcome, elapsed, done);
@@ -538,6 +548,37 @@ impl Balancer {
 
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// One attempt more for a request whose kept-alive connection closed
+/// unanswered ([`SendError::Stale`]), as nginx gives one for its cached
+/// connections: not held against the backend, sent at once to another
+/// backend or, with no other left, on a fresh connection to the same one
+/// (a backend that closes every connection after answering costs its
+/// clients nothing). One per request; a second is a failure.
+#[derive(Debug, Default)]
+pub(crate) struct StaleRetry {
+    /// The backend to fall back on when the pool has no other.
+    pub(crate) backend: Option<Arc<Backend>>,
+    /// The attempt was spent.
+    pub(crate) used: bool,
+}
+
+impl StaleRetry {
+    /// Takes the attempt for `backend` if it is still there.
+    pub(crate) fn absorb(&mut self, pool: &str, backend: &Arc<Backend>) -> bool {
+        if self.used {
+            return false;
+        }
+        self.used = true;
+        self.backend = Some(backend.clone());
+        Retried {
+            pool,
+            allowed: true,
+        }
+        .emit();
+        true
+    }
 }
 
 /// About how many bytes a head of a start line of `start` bytes and

@@ -222,6 +222,11 @@ pub enum SendError {
     Connect,
     /// The connection failed before a response head came.
     Broken,
+    /// A kept-alive connection closed without a byte of answer to an
+    /// idempotent request it carried: perhaps the backend's keep-alive
+    /// ending as the request came, perhaps the backend dying. Not held
+    /// against it ([`crate::proxy::StaleRetry`]).
+    Stale,
 }
 
 /// Opens connections to the backends and sends requests on them.
@@ -277,11 +282,16 @@ impl Connector {
         backend: &Backend,
         mut req: Request<Body>,
         retryable: bool,
+        fresh: bool,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
         let min_idle = if retryable { Duration::ZERO } else { SETTLE };
         loop {
-            let (mut c, reused) = match backend.conns.take(Instant::now(), min_idle, self.max_idle)
-            {
+            let idle = if fresh {
+                None
+            } else {
+                backend.conns.take(Instant::now(), min_idle, self.max_idle)
+            };
+            let (mut c, reused) = match idle {
                 Some(c) => (c, true),
                 None => (self.connect(&backend.connect_uri).await?, false),
             };
@@ -311,11 +321,28 @@ impl Connector {
                     // Never started on a connection the backend had just
                     // closed: nothing reached it, try another connection.
                     Some(r) if reused => req = r,
+                    None if reused && retryable && closed_unanswered(e.error()) => {
+                        return Err(SendError::Stale)
+                    }
                     _ => return Err(SendError::Broken),
                 },
             }
         }
     }
+}
+
+/// The connection ended (closed or reset by the backend) before any
+/// answer to the request on it.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            })
 }
 
 /// Gives a connection whose response has been read back to its backend:
@@ -438,7 +465,10 @@ mod tests {
         let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         for path in ["/x", "/x?size=300000", "/x", "/x?size=70000", "/x"] {
-            let (resp, mut conn) = c.send(&backend, get(path), true).await.expect("sent");
+            let (resp, mut conn) = c
+                .send(&backend, get(path), true, false)
+                .await
+                .expect("sent");
             let got = body(resp, &mut conn).await;
             if path == "/x" {
                 assert_eq!(&got[..], b"hello");
@@ -459,8 +489,8 @@ mod tests {
 
         // Two requests at once need two connections; both are kept.
         let (a, b) = tokio::join!(
-            c.send(&backend, get("/x"), true),
-            c.send(&backend, get("/x"), true)
+            c.send(&backend, get("/x"), true, false),
+            c.send(&backend, get("/x"), true, false)
         );
         let (ra, mut ta) = a.expect("a");
         let (rb, mut tb) = b.expect("b");
@@ -484,7 +514,7 @@ mod tests {
             .take(later, Duration::ZERO, Duration::from_secs(60))
             .is_none());
         assert!(backend.conns.is_empty(), "the older one went too");
-        c.send(&backend, get("/x"), true)
+        c.send(&backend, get("/x"), true, false)
             .await
             .expect("sent on a new connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -527,7 +557,10 @@ mod tests {
         let backend = Arc::new(Backend::new("p", &addr, Source::Static, 1));
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..3 {
-            let (resp, mut conn) = c.send(&backend, get("/x"), true).await.expect("sent");
+            let (resp, mut conn) = c
+                .send(&backend, get("/x"), true, false)
+                .await
+                .expect("sent");
             assert_eq!(&body(resp, &mut conn).await[..], b"once");
             checkin(&backend, conn);
             assert_eq!(backend.conns.len(), 1, "kept idle");
@@ -549,7 +582,7 @@ mod tests {
         let backend = Backend::new("p", &addr, Source::Static, 1);
         let c = Connector::new(Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(
-            c.send(&backend, get("/x"), true).await.err(),
+            c.send(&backend, get("/x"), true, false).await.err(),
             Some(SendError::Connect)
         );
     }
